@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make quickstart` (set up + run the main job), `make test`.
+# Both create and reuse .venv; torch is pinned to the CPU build that installs from local disk.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+
+.PHONY: setup test quickstart bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[train,plot,tokens,postgres,dev]' $(TORCH)
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+quickstart: setup
+	bash scripts/quickstart.sh
+
+bench: setup
+	$(PY) bench/bench_crafter_env.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,170 @@
+"""Persistent state of `serve`: files, jobs, events, checkpoints and models as JSON in SERVE_DATA_DIR.
+
+Layout (one writer: the API process; every write is temp file + rename, so a crash never
+leaves half a JSON file):
+    files/<file-id>.json  files/<file-id>.data
+    jobs/<ftjob-id>/job.json  events.jsonl  checkpoints.json  (+ the worker's output/)
+    models.json           fine-tuned models and checkpoints: id -> {path, base, ...}
+Ids are checked against a strict pattern before they touch a path, so no id escapes the dir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+ID_PATTERNS = {
+    "file": re.compile(r"^file-[A-Za-z0-9]{1,64}$"),
+    "ftjob": re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$"),
+}
+ACTIVE_STATUSES = ("validating_files", "queued", "running")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class BadId(ValueError):
+    """An id that does not look like one of ours (may be an attempt to escape the data dir)."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def check_id(kind: str, value: str) -> str:
+    if not ID_PATTERNS[kind].match(value or ""):
+        raise BadId(f"invalid {kind} id {value!r}: ids look like {kind}-abc123")
+    return value
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def write_json(path: Path, obj) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(obj, indent=1))
+    os.replace(temp, path)
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+class Store:
+    def __init__(self, data_dir: str | Path):
+        self.root = Path(data_dir).resolve()
+        self.files_dir = self.root / "files"
+        self.jobs_dir = self.root / "jobs"
+        for folder in (self.files_dir, self.jobs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.models_path = self.root / "models.json"
+
+    # ---- files --------------------------------------------------------------------------
+    def file_data_path(self, file_id: str) -> Path:
+        return self.files_dir / f"{check_id('file', file_id)}.data"
+
+    def add_file(self, filename: str, purpose: str, data_path: Path) -> dict:
+        """Adopt `data_path` (already written under files/) as a new file object."""
+        file_id = new_id("file")
+        os.replace(data_path, self.file_data_path(file_id))
+        meta = {"id": file_id, "object": "file", "bytes": self.file_data_path(file_id).stat().st_size,
+                "created_at": now(), "filename": filename, "purpose": purpose, "status": "processed",
+                "status_details": None}
+        write_json(self.files_dir / f"{file_id}.json", meta)
+        return meta
+
+    def upload_temp_path(self) -> Path:
+        return self.files_dir / f".upload-{secrets.token_hex(8)}.part"
+
+    def get_file(self, file_id: str) -> dict | None:
+        return read_json(self.files_dir / f"{check_id('file', file_id)}.json")
+
+    def list_files(self, purpose: str | None = None) -> list[dict]:
+        files = [read_json(path) for path in self.files_dir.glob("file-*.json")]
+        files = [meta for meta in files if meta and (purpose is None or meta["purpose"] == purpose)]
+        return sorted(files, key=lambda meta: (meta["created_at"], meta["id"]), reverse=True)
+
+    def delete_file(self, file_id: str) -> bool:
+        meta_path = self.files_dir / f"{check_id('file', file_id)}.json"
+        if not meta_path.exists():
+            return False
+        meta_path.unlink()
+        self.file_data_path(file_id).unlink(missing_ok=True)
+        return True
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / check_id("ftjob", job_id)
+
+    def save_job(self, job: dict) -> dict:
+        folder = self.job_dir(job["id"])
+        folder.mkdir(exist_ok=True)
+        write_json(folder / "job.json", job)
+        return job
+
+    def get_job(self, job_id: str) -> dict | None:
+        return read_json(self.job_dir(job_id) / "job.json")
+
+    def list_jobs(self) -> list[dict]:
+        jobs = [read_json(path / "job.json") for path in self.jobs_dir.glob("ftjob-*")]
+        jobs = [job for job in jobs if job]
+        return sorted(jobs, key=lambda job: (job["created_at"], job["id"]), reverse=True)
+
+    def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message",
+                  data: dict | None = None) -> dict:
+        event = {"id": new_id("ftevent"), "object": "fine_tuning.job.event", "created_at": now(),
+                 "level": level, "message": message, "type": type, "data": data or {}}
+        with open(self.job_dir(job_id) / "events.jsonl", "a") as handle:
+            handle.write(json.dumps(event) + "\n")
+        return event
+
+    def list_events(self, job_id: str) -> list[dict]:
+        """Newest first, as OpenAI returns them."""
+        path = self.job_dir(job_id) / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()][::-1]
+
+    def add_checkpoint(self, job_id: str, checkpoint: dict) -> None:
+        path = self.job_dir(job_id) / "checkpoints.json"
+        write_json(path, read_json(path, []) + [checkpoint])
+
+    def list_checkpoints(self, job_id: str) -> list[dict]:
+        return read_json(self.job_dir(job_id) / "checkpoints.json", [])[::-1]
+
+    def fail_interrupted_jobs(self) -> list[str]:
+        """Jobs left active by a server that died: mark failed (never stuck). Returns their ids."""
+        failed = []
+        for job in self.list_jobs():
+            if job["status"] in ACTIVE_STATUSES:
+                job.update(status="failed", finished_at=now(), error={
+                    "code": "server_restarted", "param": None,
+                    "message": f"The server stopped while this job was {job['status']}; create a new job to retry."})
+                self.save_job(job)
+                self.add_event(job["id"], job["error"]["message"], level="error")
+                failed.append(job["id"])
+        return failed
+
+    # ---- models -------------------------------------------------------------------------
+    def models(self) -> dict[str, dict]:
+        return read_json(self.models_path, {})
+
+    def add_model(self, model_id: str, record: dict) -> None:
+        models = self.models()
+        models[model_id] = record
+        write_json(self.models_path, models)
+
+
+def page(items: list[dict], after: str | None, limit: int) -> dict:
+    """OpenAI cursor page: items after the one with id `after`, at most `limit`."""
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    chunk = items[:limit]
+    return {"object": "list", "data": chunk, "has_more": len(items) > limit,
+            "first_id": chunk[0]["id"] if chunk else None, "last_id": chunk[-1]["id"] if chunk else None}

@@ -1,0 +1,263 @@
+"""Training subprocess of `serve`: `python -m synth_qwen.train_worker JOB_DIR`.
+
+Reads JOB_DIR/spec.json (written by serve), trains with TRL's SFTTrainer and reports progress
+as JSON lines on stdout ({"type": "event"|"metrics"|"checkpoint"|"result", ...}); anything else
+the libraries print goes to stderr (serve keeps it in JOB_DIR/worker.log).
+
+Loss falls only on assistant turns with weight 1: examples are pre-tokenized here into
+`input_ids` + `labels` (-100 over system/user/tool text and over weight-0 assistant turns),
+because TRL has no per-message weight. The tiny model is fully fine-tuned; real Hugging Face
+models get a LoRA adapter on all linear projections.
+This module imports torch only inside main(): serve reads its tables without it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Training defaults per base-model kind; "auto" hyperparameters resolve from here.
+TRAINING_DEFAULTS = {
+    "tiny": dict(method="full", learning_rate=1e-3, batch_size=4, warmup_steps=0.03, weight_decay=0.0,
+                 gradient_checkpointing=False),
+    "hf": dict(method="lora", learning_rate=2e-4, batch_size=4, warmup_steps=0.03, weight_decay=0.0,
+               gradient_checkpointing=True),
+}
+LORA_ALPHA_PER_RANK = 2
+LOGS_PER_RUN = 50  # metrics events per job, whatever its length
+METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "elapsed_s"]
+
+
+def auto_epochs(n_examples: int) -> int:
+    """OpenAI's rule for n_epochs="auto"."""
+    if n_examples * 3 < 100:
+        return min(25, 100 // max(1, n_examples))
+    if n_examples * 3 > 25000:
+        return max(1, 25000 // n_examples)
+    return 3
+
+
+def resolve_hyperparameters(requested: dict, kind: str, n_examples: int) -> dict:
+    defaults = TRAINING_DEFAULTS[kind]
+
+    def pick(name, fallback):
+        value = requested.get(name, "auto")
+        return fallback if value in (None, "auto") else value
+
+    return {"n_epochs": int(pick("n_epochs", auto_epochs(n_examples))),
+            "batch_size": int(pick("batch_size", defaults["batch_size"])),
+            "learning_rate_multiplier": float(pick("learning_rate_multiplier", 1.0))}
+
+
+# ---------------------------------------------------------------------------------------
+# Examples -> input_ids + labels
+
+def chat_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI messages as Qwen's template reads them: developer -> system, text parts -> string."""
+    out = []
+    for message in messages:
+        message = {key: value for key, value in message.items() if key != "weight"}
+        if message.get("role") == "developer":
+            message["role"] = "system"
+        if isinstance(message.get("content"), list):
+            message["content"] = "".join(part.get("text", "") for part in message["content"])
+        if message.get("content") is None:
+            message["content"] = ""
+        out.append(message)
+    return out
+
+
+def encode_example(tokenizer, training_template: str, example: dict, max_length: int) -> dict:
+    """input_ids + labels; labels are -100 except inside assistant turns whose weight is 1."""
+    messages = example["messages"]
+    encoded = tokenizer.apply_chat_template(
+        chat_messages(messages), tools=example.get("tools") or None, chat_template=training_template,
+        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    input_ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])
+    weights = [message.get("weight", 1) for message in messages if message["role"] == "assistant"]
+    spans = mask_spans(mask)
+    if len(spans) != len(weights):
+        raise ValueError(f"chat template marked {len(spans)} assistant spans for {len(weights)} assistant messages")
+    labels = [-100] * len(input_ids)
+    for (start, end), weight in zip(spans, weights):
+        if weight:
+            labels[start:end] = input_ids[start:end]
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+
+
+def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for index, bit in enumerate(mask + [0]):
+        if bit and start is None:
+            start = index
+        elif not bit and start is not None:
+            spans.append((start, index))
+            start = None
+    return spans
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------
+# The worker
+
+class Reporter:
+    """Protocol lines to serve on the real stdout; library chatter is redirected to stderr."""
+
+    def __init__(self):
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+
+    def send(self, kind: str, **fields) -> None:
+        self.out.write(json.dumps({"type": kind, **fields}) + "\n")
+
+    def event(self, message: str, level: str = "info") -> None:
+        self.send("event", message=message, level=level)
+
+
+def load_base(spec: dict, reporter: Reporter):
+    """(model, tokenizer, training chat template, kind) for the job's base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = spec["base"]
+    if base["kind"] == "tiny":
+        from synth_qwen import tiny_model
+
+        path = tiny_model.ensure(base["data_dir"], base["size"])
+        training_template = tiny_model.chat_template("training")
+    else:
+        path = base["path"]
+    local_only = not base.get("allow_download", False)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype="auto")
+    if base["kind"] != "tiny":
+        from trl.chat_template_utils import get_training_chat_template
+
+        training_template = get_training_chat_template(tokenizer) or tokenizer.chat_template
+        if "generation" not in (training_template or ""):
+            raise RuntimeError(f"{path}: its chat template has no assistant markers TRL knows; "
+                               "cannot restrict the loss to assistant turns")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    reporter.event(f"Loaded base model {base.get('name', path)} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    return model, tokenizer, training_template
+
+
+def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
+    from transformers import TrainerCallback
+
+    cancel_flag = job_dir / "cancel"
+    metrics_path = job_dir / "metrics.csv"
+    started = time.time()
+    with open(metrics_path, "w", newline="") as handle:
+        csv.writer(handle).writerow(METRICS_COLUMNS)
+
+    class Progress(TrainerCallback):
+        last_metrics: dict = {}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "train_loss": logs["loss"],
+                   "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
+                   "learning_rate": logs.get("learning_rate"), "elapsed_s": round(time.time() - started, 2)}
+            self.last_metrics = row
+            with open(metrics_path, "a", newline="") as handle:
+                csv.writer(handle).writerow([row[column] for column in METRICS_COLUMNS])
+            reporter.send("metrics", data=row, total_steps=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cancel_flag.exists():  # serve asks politely first, then terminates
+                control.should_training_stop = True
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            if cancel_flag.exists():
+                return
+            folder = job_dir / "checkpoints" / f"step-{state.global_step}"
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            reporter.send("checkpoint", step=state.global_step, path=str(folder), metrics=self.last_metrics)
+
+    return Progress()
+
+
+def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer, training_template = load_base(spec, reporter)
+    defaults = TRAINING_DEFAULTS[spec["base"]["kind"]]
+    hyper = spec["hyperparameters"]
+    examples = read_jsonl(spec["training_file"])
+    rows = [encode_example(tokenizer, training_template, example, spec["max_seq_len"]) for example in examples]
+    truncated = sum(len(row["input_ids"]) == spec["max_seq_len"] for row in rows)
+    tokens_per_epoch = sum(len(row["input_ids"]) for row in rows)
+    reporter.event(f"Tokenized {len(rows)} examples ({tokens_per_epoch:,} tokens"
+                   + (f", {truncated} truncated to {spec['max_seq_len']}" if truncated else "") + ")",
+                   level="warn" if truncated else "info")
+    eval_rows = None
+    if spec.get("validation_file"):
+        eval_rows = [encode_example(tokenizer, training_template, example, spec["max_seq_len"])
+                     for example in read_jsonl(spec["validation_file"])]
+
+    cpu = spec["device"] == "cpu"
+    steps_per_epoch = -(-len(rows) // hyper["batch_size"])
+    config = SFTConfig(
+        output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper["batch_size"],
+        per_device_eval_batch_size=hyper["batch_size"], num_train_epochs=hyper["n_epochs"],
+        learning_rate=defaults["learning_rate"] * hyper["learning_rate_multiplier"],
+        warmup_steps=defaults["warmup_steps"], weight_decay=defaults["weight_decay"], seed=spec["seed"],
+        logging_steps=max(1, steps_per_epoch * hyper["n_epochs"] // LOGS_PER_RUN), save_strategy="no",
+        eval_strategy="epoch" if eval_rows else "no", report_to="none", disable_tqdm=True,
+        use_cpu=cpu, bf16=not cpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=defaults["gradient_checkpointing"] and not cpu,
+        max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
+    peft_config = None
+    if defaults["method"] == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=spec["lora_rank"], lora_alpha=LORA_ALPHA_PER_RANK * spec["lora_rank"],
+                                 target_modules="all-linear", lora_dropout=0.05, task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[make_callback(spec, reporter, tokenizer, job_dir)])
+    reporter.event(f"Training: {hyper['n_epochs']} epochs x {steps_per_epoch} steps, batch {hyper['batch_size']}, "
+                   f"{'LoRA r=' + str(spec['lora_rank']) if peft_config else 'full fine-tune'}, device {spec['device']}")
+    started = time.time()
+    trainer.train()
+    seconds = time.time() - started
+    epochs_run = trainer.state.epoch or 0
+    output_dir = Path(spec["output_dir"])
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
+    trained_tokens = int(tokens_per_epoch * epochs_run)
+    reporter.send("result", trained_tokens=trained_tokens, output_dir=str(output_dir),
+                  metrics_csv=str(job_dir / "metrics.csv"), train_seconds=round(seconds, 2),
+                  tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
+                  adapter=peft_config is not None)
+
+
+def main() -> None:
+    job_dir = Path(sys.argv[1])
+    spec = json.loads((job_dir / "spec.json").read_text())
+    reporter = Reporter()
+    try:
+        train(spec, job_dir, reporter)
+    except Exception as error:  # reported to the job as its error; the traceback stays in worker.log
+        import traceback
+
+        traceback.print_exc()
+        reporter.send("error", message=f"{type(error).__name__}: {error}")
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
