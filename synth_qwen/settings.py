@@ -162,6 +162,47 @@ def split_words(value: str | list[str] | None) -> list[str]:
 Difficulty = Literal["peaceful", "easy", "normal", "hard"]
 
 
+class RolloutSettings(Settings):
+    """run_crafter (and the rollout half of eval). CRAFTER_MAX_STEPS counts agent turns (LM calls)."""
+
+    crafter_model: str = DEFAULT_MODEL  # an endpoint model id (ft:… too), builtin:expert or builtin:random
+    crafter_episodes: int = Field(10, ge=1, le=100_000)
+    crafter_max_steps: int = Field(30, ge=1, le=10_000)  # agent turns per episode
+    crafter_actions_per_turn: int = Field(5, ge=1, le=50)
+    crafter_difficulty: Difficulty = "easy"
+    crafter_seed: int = Field(1, ge=0, lt=2**31 - 1)  # episode i plays seed + i
+    crafter_concurrency: int = Field(8, ge=1, le=1024)
+    crafter_history: int = Field(2, ge=0, le=64)  # earlier turns included in each prompt
+    crafter_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    crafter_max_tokens: int = Field(512, ge=1, le=131_072)
+    crafter_tool_mode: Literal["tools", "text"] = "tools"
+    crafter_tool_choice: Literal["auto", "required", "none"] = "auto"
+    crafter_think: bool | None = None  # sent as chat_template_kwargs.enable_thinking when set
+    crafter_run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@-]{1,200}$")
+    crafter_db_url: str = DEFAULT_DB_URL
+    crafter_request_timeout_s: float = Field(120.0, gt=0)
+    crafter_max_retries: int = Field(5, ge=0, le=50)
+    crafter_max_invalid: int = Field(3, ge=1)  # consecutive invalid turns before agent_error
+    crafter_price_input_per_m: float | None = Field(None, ge=0)  # USD per 1M prompt tokens
+    crafter_price_output_per_m: float | None = Field(None, ge=0)  # USD per 1M completion tokens
+    crafter_summary_json: Path | None = None
+
+    @field_validator("crafter_db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        return normalize_db_url(value)
+
+    @field_validator("crafter_model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if value.startswith("builtin:") and value not in BUILTIN_POLICIES:
+            raise ValueError(f"builtin policies are {', '.join(BUILTIN_POLICIES)}")
+        return value
+
+
+BUILTIN_POLICIES = ("builtin:expert", "builtin:random")
+
+
 class ServeSettings(Settings):
     """`python -m synth_qwen.serve`: the local OpenAI-compatible learning service."""
 

@@ -1,0 +1,26 @@
+"""Crafter's metrics, one function each: success rates, the Crafter score, progression."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from synth_qwen.crafter_env import ACHIEVEMENTS
+
+
+def success_rates(episodes_achievements: Sequence[Iterable[str]]) -> dict[str, float]:
+    """% of episodes that unlocked each of the 22 achievements at least once."""
+    episodes = [set(a) for a in episodes_achievements]
+    if not episodes:
+        return {name: 0.0 for name in ACHIEVEMENTS}
+    return {name: 100.0 * sum(name in e for e in episodes) / len(episodes) for name in ACHIEVEMENTS}
+
+
+def crafter_score(rates_percent: Iterable[float]) -> float:
+    """S = exp(mean_i ln(1 + s_i)) - 1, s_i in percent (Hafner 2021)."""
+    rates = list(rates_percent)
+    return math.exp(sum(math.log(1.0 + r) for r in rates) / len(rates)) - 1.0
+
+
+def progression(achievements: Iterable[str]) -> float:
+    """BALROG progression: distinct achievements unlocked / 22."""
+    return len(set(achievements)) / len(ACHIEVEMENTS)

@@ -1,0 +1,218 @@
+"""Who acts: an OpenAI-compatible LLM, the builtin expert, or builtin random play.
+
+Every policy answers a turn with the same `Reply` — an assistant message (content and/or an
+`interact` tool call) plus usage — so the runner traces all of them the same way. Builtin
+policies run in-process and report 0 tokens and $0.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import openai
+
+from synth_qwen.crafter_env import ACTIONS, INTERACT_TOOL_NAME, Observation, parse_interact_arguments, validate_actions
+from synth_qwen.settings import RolloutSettings
+
+RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
+
+
+@dataclass
+class Reply:
+    content: str | None
+    tool_calls: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    cost_usd: float | None = 0.0
+    latency_s: float = 0.0
+    attempts: int = 1
+    error: str | None = None  # the call itself failed (after retries)
+
+    def assistant_message(self) -> dict:
+        """The assistant message as stored, replayed in history and written to SFT data."""
+        message = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message
+
+
+def tool_call(call_id: str, actions: list[str], reasoning: str) -> dict:
+    arguments = json.dumps({"reasoning": reasoning, "actions": actions})
+    return {"id": call_id, "type": "function", "function": {"name": INTERACT_TOOL_NAME, "arguments": arguments}}
+
+
+def actions_from_reply(reply: Reply, tool_mode: str, max_actions: int) -> tuple[list[str] | None, str | None]:
+    """The valid action list of a reply, or (None, why it is invalid)."""
+    if tool_mode == "tools":
+        calls = [c for c in reply.tool_calls if c.get("function", {}).get("name") == INTERACT_TOOL_NAME]
+        if not calls:
+            named = [c.get("function", {}).get("name") for c in reply.tool_calls]
+            return None, (f"unknown tool {named[0]!r}; call interact" if named else
+                          "no interact tool call in the reply")
+        return parse_interact_arguments(calls[0]["function"].get("arguments", ""), max_actions)
+    return parse_text_actions(reply.content or "", max_actions)
+
+
+ACTION_LINE = re.compile(r"actions?\s*:\s*(.+)", re.IGNORECASE)
+
+
+def parse_text_actions(text: str, max_actions: int) -> tuple[list[str] | None, str | None]:
+    """Text mode: 'Actions: move_left, do' (the last such line), else action names in order."""
+    lines = ACTION_LINE.findall(text)
+    if lines:
+        words = [w.strip(" .`'\"[]()*") for w in re.split(r"[,\s]+", lines[-1]) if w.strip(" .`'\"[]()*")]
+        return validate_actions(words, max_actions)
+    found = re.findall(r"\b(" + "|".join(sorted(ACTIONS, key=len, reverse=True)) + r")\b", text)
+    if not found:
+        return None, "no action names found; answer 'Actions: name, name'"
+    return validate_actions(found[:max_actions], max_actions)
+
+
+def text_reply(actions: list[str], reasoning: str) -> str:
+    return f"{reasoning}\nActions: {', '.join(actions)}"
+
+
+# ---------------------------------------------------------------------------------------
+# Builtin policies
+
+class BuiltinAgent:
+    """Wraps a decision function (obs -> actions, reasoning) into LLM-shaped replies."""
+
+    def __init__(self, decide, tool_mode: str, session_tag: str):
+        self.decide = decide
+        self.tool_mode = tool_mode
+        self.session_tag = session_tag
+
+    async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
+        start = time.perf_counter()
+        actions, reasoning = self.decide(observation)
+        if self.tool_mode == "tools":
+            reply = Reply(content=None, tool_calls=[tool_call(f"call_{self.session_tag}_{turn}", actions, reasoning)],
+                          finish_reason="tool_calls")
+        else:
+            reply = Reply(content=text_reply(actions, reasoning), finish_reason="stop")
+        reply.latency_s = time.perf_counter() - start
+        return reply
+
+
+def random_decider(seed: int, max_actions: int):
+    rng = random.Random(seed)
+
+    def decide(_observation: Observation):
+        count = rng.randint(1, max_actions)
+        return [rng.choice(ACTIONS) for _ in range(count)], "random play"
+    return decide
+
+
+def expert_decider(seed: int, max_actions: int):
+    from synth_qwen.expert import ExpertAgent
+    return ExpertAgent(max_actions=max_actions, seed=seed).act
+
+
+BUILTIN_DECIDERS = {"builtin:expert": expert_decider, "builtin:random": random_decider}
+
+
+# ---------------------------------------------------------------------------------------
+# OpenAI-compatible endpoint
+
+class EndpointPolicy:
+    """One shared async client; bounded retries with jitter; Retry-After honoured."""
+
+    def __init__(self, settings: RolloutSettings, base_url: str, api_key: str, tools: list[dict] | None):
+        self.settings = settings
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0,
+                                         timeout=settings.crafter_request_timeout_s)
+        self.tools = tools
+
+    def request_params(self) -> dict:
+        """Everything in a request except messages and tools (stored once per session)."""
+        s = self.settings
+        params = {"model": s.crafter_model, "temperature": s.crafter_temperature, "max_tokens": s.crafter_max_tokens}
+        if s.crafter_tool_mode == "tools":
+            params["tool_choice"] = s.crafter_tool_choice
+        if s.crafter_think is not None:
+            params["chat_template_kwargs"] = {"enable_thinking": s.crafter_think}
+        return params
+
+    async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
+        params = self.request_params()
+        extra_body = {"chat_template_kwargs": params.pop("chat_template_kwargs")} if "chat_template_kwargs" in params else None
+        if self.tools:
+            params["tools"] = self.tools
+        start = time.perf_counter()
+        attempts, last_error = 0, None
+        while attempts <= self.settings.crafter_max_retries:
+            attempts += 1
+            try:
+                completion = await self.client.chat.completions.create(
+                    messages=messages, extra_body=extra_body, **params)
+                return self.reply_from(completion, time.perf_counter() - start, attempts)
+            except (openai.APIConnectionError, openai.APITimeoutError) as error:
+                last_error, wait = f"{type(error).__name__}: {error}", None
+            except openai.APIStatusError as error:
+                last_error = f"HTTP {error.status_code}: {short(error.message)}"
+                if error.status_code not in RETRYABLE_STATUS:
+                    break
+                wait = retry_after_seconds(error.response)
+            except (ValueError, json.JSONDecodeError) as error:  # a malformed body from the server
+                last_error, wait = f"malformed response: {short(str(error))}", None
+            if attempts > self.settings.crafter_max_retries:
+                break
+            await asyncio.sleep(wait if wait is not None else backoff_seconds(attempts))
+        return Reply(content=None, finish_reason=None, prompt_tokens=None, completion_tokens=None,
+                     cost_usd=None, latency_s=time.perf_counter() - start, attempts=attempts, error=last_error)
+
+    def reply_from(self, completion, latency_s: float, attempts: int) -> Reply:
+        if not getattr(completion, "choices", None):
+            raise ValueError("response has no choices")
+        choice = completion.choices[0]
+        message = choice.message
+        calls = [{"id": c.id or f"call_{i}", "type": "function",
+                  "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                 for i, c in enumerate(message.tool_calls or [])]
+        usage = completion.usage
+        prompt_tokens = getattr(usage, "prompt_tokens", None) if usage else None
+        completion_tokens = getattr(usage, "completion_tokens", None) if usage else None
+        return Reply(content=message.content, tool_calls=calls, finish_reason=choice.finish_reason,
+                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                     cost_usd=self.cost(usage, prompt_tokens, completion_tokens),
+                     latency_s=latency_s, attempts=attempts)
+
+    def cost(self, usage, prompt_tokens, completion_tokens) -> float | None:
+        """The endpoint's own cost when it reports one, else our prices, else unknown (None)."""
+        reported = getattr(usage, "cost", None) if usage is not None else None
+        if reported is None and usage is not None and getattr(usage, "model_extra", None):
+            reported = usage.model_extra.get("cost")
+        if isinstance(reported, (int, float)):
+            return float(reported)
+        s = self.settings
+        if s.crafter_price_input_per_m is None or s.crafter_price_output_per_m is None or prompt_tokens is None:
+            return None
+        return (prompt_tokens * s.crafter_price_input_per_m + (completion_tokens or 0) * s.crafter_price_output_per_m) / 1e6
+
+    async def close(self):
+        await self.client.close()
+
+
+def retry_after_seconds(response) -> float | None:
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(float(value), BACKOFF_CAP_S * 4) if value is not None else None
+    except ValueError:
+        return None
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Exponential with full jitter, capped."""
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+
+
+def short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "…"

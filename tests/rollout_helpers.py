@@ -1,0 +1,53 @@
+"""Helpers for tests that run the real run_crafter module (in-process or as a subprocess)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from synth_qwen import tracing
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rollout_env(tmp_path: Path, **values) -> dict:
+    """A clean environment for a run_crafter subprocess: no inherited CRAFTER_/OPENAI_ settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CRAFTER_", "OPENAI_", "SYNTH_", "LEARNING_", "EVAL_", "SFT_", "QWEN_"))}
+    env.update({"CRAFTER_DB_URL": f"sqlite:///{tmp_path / 'traces.db'}", "PYTHONPATH": str(REPO)})
+    env.update({k.upper(): str(v) for k, v in values.items()})
+    return env
+
+
+def run_module(module: str, env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def db_sessions(db_path: Path) -> list[dict]:
+    engine = tracing.open_db(f"sqlite:///{db_path}", create=False)
+    try:
+        return tracing.sessions(engine)
+    finally:
+        engine.dispose()
+
+
+def count_rows(db_path: Path, table: sa.Table, session_id: str) -> int:
+    engine = tracing.open_db(f"sqlite:///{db_path}", create=False)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)
+                                .where(table.c.session_id == session_id)).scalar()
+    finally:
+        engine.dispose()
+
+
+def finished_count(db_path: Path) -> int:
+    """Episodes finished so far (0 while the runner is still creating the DB)."""
+    if not db_path.exists():
+        return 0
+    try:
+        return sum(s["status"] != "incomplete" for s in db_sessions(db_path))
+    except (tracing.MissingDatabase, sa.exc.OperationalError):
+        return 0

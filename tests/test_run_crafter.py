@@ -1,0 +1,218 @@
+"""run_crafter end to end through the real openai client against a scripted endpoint."""
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from synth_qwen import tracing
+from synth_qwen.scripted_endpoint import ScriptedEndpoint
+from rollout_helpers import count_rows, db_sessions, finished_count, rollout_env, run_module
+
+
+def run(tmp_path, endpoint=None, **values):
+    settings = dict(crafter_model="test-model", crafter_episodes=2, crafter_max_steps=6,
+                    crafter_run_id="r1", crafter_request_timeout_s=1.0)
+    if endpoint:
+        settings["openai_base_url"] = endpoint.base_url
+        settings.setdefault("openai_api_key", "sk-test-key")
+    settings.update(values)
+    return run_module("synth_qwen.run_crafter", rollout_env(tmp_path, **settings), tmp_path)
+
+
+def test_every_request_can_be_rebuilt_exactly_from_the_db(tmp_path):
+    with ScriptedEndpoint() as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=3, crafter_max_steps=8, crafter_history=2)
+    assert done.returncode == 0, done.stderr
+    engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+    rebuilt = [body for s in tracing.sessions(engine) for _, body in tracing.rebuild_requests(engine, s["session_id"])]
+    received = endpoint.requests
+    assert len(rebuilt) == len(received) == 3 * 8
+    canonical = lambda bodies: sorted(json.dumps(b, sort_keys=True) for b in bodies)
+    assert canonical(rebuilt) == canonical(received)
+    # history really was included: later calls carry earlier turns with their tool answers
+    longest = max(received, key=lambda b: len(b["messages"]))
+    roles = [m["role"] for m in longest["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "user", "assistant", "tool", "user"]
+
+
+def test_sessions_record_model_tokens_cost_and_outcome(tmp_path):
+    with ScriptedEndpoint(cost_per_call=0.00025) as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=2, crafter_max_steps=5, crafter_difficulty="hard",
+                   crafter_seed=40)
+    assert done.returncode == 0, done.stderr
+    sessions = db_sessions(tmp_path / "traces.db")
+    assert sorted(s["seed"] for s in sessions) == [40, 41]
+    for s in sessions:
+        assert s["model"] == "test-model" and s["difficulty"] == "hard" and s["purpose"] == "rollout"
+        assert s["status"] in ("max_steps", "died") and s["turns"] == 5 or s["status"] == "died"
+        assert s["prompt_tokens"] > 0 and s["completion_tokens"] > 0
+        assert s["cost_usd"] == pytest.approx(0.00025 * s["turns"])
+        assert s["env_steps"] == count_rows(tmp_path / "traces.db", tracing.session_timesteps, s["session_id"])
+    assert "Crafter score" in done.stdout and "progression" in done.stdout
+
+
+def test_invalid_turns_do_not_step_the_env_and_are_explained(tmp_path):
+    with ScriptedEndpoint(faults=["no_tool_call", "unknown_action"]) as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=1, crafter_max_steps=5)
+    assert done.returncode == 0, done.stderr
+    [session] = db_sessions(tmp_path / "traces.db")
+    assert session["invalid_turns"] == 2 and session["status"] == "max_steps"
+    engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+    with engine.connect() as conn:
+        by_turn = tracing.session_turn_messages(conn, session["session_id"])
+        events = tracing.session_events(conn, session["session_id"])
+        steps = conn.execute(tracing.session_timesteps.select()).fetchall()
+    assert [e["valid"] for e in events] == [False, False, True, True, True]
+    assert "unknown action 'eat_cow'" in events[1]["invalid_reason"]
+    assert by_turn[1][0]["content"].startswith("Your previous reply was invalid (no interact tool call")
+    assert by_turn[2][0]["content"].startswith("Your previous reply was invalid (unknown action 'eat_cow'")
+    assert {row.turn for row in steps} == {2, 3, 4}  # the env only moved on valid turns
+
+
+def test_consecutive_invalid_turns_end_the_episode_as_agent_error(tmp_path):
+    with ScriptedEndpoint(always="no_tool_call") as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=2, crafter_max_steps=10, crafter_max_invalid=3)
+    assert done.returncode == 0, done.stderr  # the endpoint answered: the run itself worked
+    for s in db_sessions(tmp_path / "traces.db"):
+        assert s["status"] == "agent_error" and s["turns"] == 3 and s["env_steps"] == 0
+        assert "3 invalid turns in a row" in s["status_reason"]
+
+
+def test_transient_failures_are_retried(tmp_path):
+    with ScriptedEndpoint(faults=["429", "500", "timeout", "malformed", "empty_choices"]) as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=1, crafter_max_steps=3, crafter_max_retries=6)
+    assert done.returncode == 0, done.stderr
+    [session] = db_sessions(tmp_path / "traces.db")
+    assert session["status"] == "max_steps" and session["invalid_turns"] == 0
+    engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+    with engine.connect() as conn:
+        events = tracing.session_events(conn, session["session_id"])
+    assert events[0]["attempts"] == 6 and events[0]["error"] is None
+
+
+def test_a_call_that_keeps_failing_ends_the_episode_and_an_unreachable_run_exits_1(tmp_path):
+    with ScriptedEndpoint(always="500") as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=2, crafter_max_retries=1)
+    assert done.returncode == 1
+    assert "no episode could reach the policy endpoint" in done.stderr and "HTTP 500" in done.stderr
+    for s in db_sessions(tmp_path / "traces.db"):
+        assert s["status"] == "agent_error" and "HTTP 500" in s["status_reason"]
+
+
+def test_nothing_listening_exits_1_with_the_reason(tmp_path):
+    done = run(tmp_path, None, openai_base_url="http://127.0.0.1:9/v1", crafter_max_retries=0)
+    assert done.returncode == 1 and "APIConnectionError" in done.stderr
+
+
+def test_32_concurrent_episodes_without_lock_errors(tmp_path):
+    with ScriptedEndpoint(latency_s=0.05) as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=32, crafter_max_steps=4, crafter_concurrency=32)
+    assert done.returncode == 0, done.stderr
+    assert "locked" not in done.stderr
+    sessions = db_sessions(tmp_path / "traces.db")
+    assert len(sessions) == 32 and len({s["seed"] for s in sessions}) == 32
+    assert all(s["status"] in ("max_steps", "died") for s in sessions)
+
+
+def test_killed_run_loses_no_finished_episode_and_resumes_without_duplicates(tmp_path):
+    db = tmp_path / "traces.db"
+    with ScriptedEndpoint(latency_s=0.1) as endpoint:
+        env = rollout_env(tmp_path, crafter_model="test-model", crafter_episodes=12, crafter_max_steps=8,
+                          crafter_concurrency=3, crafter_run_id="resume-me", openai_base_url=endpoint.base_url,
+                          openai_api_key="sk-test")
+        process = subprocess.Popen([sys.executable, "-m", "synth_qwen.run_crafter"], env=env, cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if finished_count(db) >= 3:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        before = db_sessions(db)
+        finished = {s["session_id"]: s for s in before if s["status"] != "incomplete"}
+        assert 3 <= len(finished) < 12
+        for session_id, s in finished.items():  # finished episodes are whole
+            assert count_rows(db, tracing.events, session_id) == s["turns"]
+        for s in before:
+            if s["status"] == "incomplete":
+                assert count_rows(db, tracing.events, s["session_id"]) == 0  # never half-written
+        again = run_module("synth_qwen.run_crafter", env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming run resume-me" in again.stderr
+    after = db_sessions(db)
+    assert sorted(s["seed"] for s in after) == list(range(1, 13))
+    assert all(s["status"] != "incomplete" for s in after)
+    assert set(finished) <= {s["session_id"] for s in after}  # kept, not replayed
+
+
+def test_ctrl_c_keeps_finished_episodes_and_prints_how_to_resume(tmp_path):
+    db = tmp_path / "traces.db"
+    with ScriptedEndpoint(latency_s=0.1) as endpoint:
+        env = rollout_env(tmp_path, crafter_model="test-model", crafter_episodes=10, crafter_max_steps=6,
+                          crafter_concurrency=2, crafter_run_id="stop-me", openai_base_url=endpoint.base_url)
+        process = subprocess.Popen([sys.executable, "-m", "synth_qwen.run_crafter"], env=env, cwd=tmp_path,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if finished_count(db) >= 2:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "CRAFTER_RUN_ID=stop-me python -m synth_qwen.run_crafter" in stderr
+    statuses = [s["status"] for s in db_sessions(db)]
+    assert statuses.count("incomplete") >= 1 and len(statuses) - statuses.count("incomplete") >= 2
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("crafter_episodes", "abc", "CRAFTER_EPISODES='abc' is invalid"),
+    ("crafter_difficulty", "insane", "CRAFTER_DIFFICULTY='insane' is invalid: Input should be 'peaceful', 'easy', 'normal' or 'hard'"),
+    ("openai_base_url", "localhost:8000/v1", "OPENAI_BASE_URL='localhost:8000/v1' is invalid: must start with http"),
+    ("crafter_db_url", "mysql://x/y", "CRAFTER_DB_URL='mysql://x/y' is invalid"),
+    ("crafter_model", "builtin:genius", "builtin policies are builtin:expert, builtin:random"),
+])
+def test_bad_settings_exit_2_with_one_line(tmp_path, name, value, expected):
+    done = run(tmp_path, None, **{name: value})
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and expected in done.stderr
+    assert not (tmp_path / "traces.db").exists()
+
+
+def test_api_key_never_reaches_the_db(tmp_path):
+    secret = "sk-live-SUPERSECRET-123456"
+    with ScriptedEndpoint() as endpoint:
+        done = run(tmp_path, endpoint, openai_api_key=secret, crafter_episodes=2, crafter_max_steps=3)
+    assert done.returncode == 0, done.stderr
+    assert endpoint.headers[0]["Authorization"] == f"Bearer {secret}"  # it was really used
+    for path in tmp_path.glob("traces.db*"):
+        assert secret.encode() not in path.read_bytes()
+    assert secret not in done.stdout + done.stderr
+
+
+def test_text_mode_parses_action_names(tmp_path):
+    with ScriptedEndpoint() as endpoint:
+        done = run(tmp_path, endpoint, crafter_tool_mode="text", crafter_episodes=1, crafter_max_steps=4)
+    assert done.returncode == 0, done.stderr
+    [session] = db_sessions(tmp_path / "traces.db")
+    assert session["invalid_turns"] == 0 and session["env_steps"] > 0 and session["tools"] is None
+    assert "tools" not in endpoint.requests[0]
+
+
+def test_builtin_random_is_traced_like_an_llm(tmp_path):
+    done = run(tmp_path, None, crafter_model="builtin:random", crafter_episodes=2, crafter_max_steps=5)
+    assert done.returncode == 0, done.stderr
+    engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+    session = tracing.sessions(engine)[0]
+    assert session["policy"] == "builtin:random" and session["cost_usd"] == 0.0
+    with engine.connect() as conn:
+        assistant = tracing.session_turn_messages(conn, session["session_id"])[0][1]
+    call = assistant["tool_calls"][0]
+    assert call["type"] == "function" and call["function"]["name"] == "interact"
+    assert json.loads(call["function"]["arguments"])["actions"]
