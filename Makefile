@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[train,plot,tokens,postgres,dev]' $(TORCH)
 	touch $@
 
+# The tests use a real PostgreSQL too: ensure_postgres.sh starts one (apt-installing it as root).
 test: setup
-	$(PY) -m pytest -q
+	SYNTH_TEST_POSTGRES_URL="$$(bash scripts/ensure_postgres.sh)" $(PY) -m pytest -q
 
 quickstart: setup
 	bash scripts/quickstart.sh

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from synth_qwen.crafter_env import ACTIONS, INTERACT_TOOL_NAME, Observation, parse_interact_arguments, validate_actions
 from synth_qwen.settings import RolloutSettings
@@ -141,17 +142,17 @@ class EndpointPolicy:
         return params
 
     async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
-        params = self.request_params()
-        extra_body = {"chat_template_kwargs": params.pop("chat_template_kwargs")} if "chat_template_kwargs" in params else None
+        body = dict(self.request_params(), messages=messages)
         if self.tools:
-            params["tools"] = self.tools
+            body["tools"] = self.tools
         start = time.perf_counter()
         attempts, last_error = 0, None
         while attempts <= self.settings.crafter_max_retries:
             attempts += 1
             try:
-                completion = await self.client.chat.completions.create(
-                    messages=messages, extra_body=extra_body, **params)
+                # client.post skips the SDK's per-request TypedDict transform (~7 ms of CPU per
+                # call with long histories, the bottleneck at 100+ calls/s); same HTTP, same client.
+                completion = await self.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
                 return self.reply_from(completion, time.perf_counter() - start, attempts)
             except (openai.APIConnectionError, openai.APITimeoutError) as error:
                 last_error, wait = f"{type(error).__name__}: {error}", None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 import time
 import uuid
@@ -26,7 +25,7 @@ from synth_qwen import metrics, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, interact_tool, system_prompt
 from synth_qwen.policy import BUILTIN_DECIDERS, BuiltinAgent, EndpointPolicy, Reply, actions_from_reply
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsError, exit_usage, inference_api_key,
-                                 inference_base_url, load)
+                                 inference_base_url, install_sigterm_as_interrupt, load)
 
 console = Console(stderr=True)
 INTERRUPTED = "interrupted before the episode ended"
@@ -354,13 +353,6 @@ async def play(settings: RolloutSettings, run_id: str, purpose: str, label: str)
                       f"{dropped} incomplete ones will be replayed", highlight=False)
     with RunProgress(len(seeds), label) as progress:
         return await runner.run(seeds, progress)
-
-
-def install_sigterm_as_interrupt() -> None:
-    """SIGTERM (e.g. a CI timeout) stops the run like Ctrl-C: finished episodes stay."""
-    def interrupt(*_):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main() -> int:

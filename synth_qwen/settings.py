@@ -7,7 +7,9 @@ prints one line naming the variable and exits 2 — no traceback.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -81,6 +83,13 @@ def load(model: type[Model], overrides: dict | None = None) -> Model:
 def exit_usage(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def install_sigterm_as_interrupt() -> None:
+    """SIGTERM (a CI timeout, `kill`) stops a module like Ctrl-C does: cleanly, with a resume hint."""
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,6 +212,69 @@ class RolloutSettings(Settings):
 BUILTIN_POLICIES = ("builtin:expert", "builtin:random")
 
 
+class KickoffSettings(Settings):
+    """sft_kickoff: upload the JSONL, start a fine-tuning job, follow it to its model id."""
+
+    qwen_base_model: str = DEFAULT_MODEL
+    qwen_training_jsonl: Path = Path("ft_data/qwen4b_crafter_sft.jsonl")
+    sft_n_epochs: int | Literal["auto"] = 1
+    sft_batch_size: int | Literal["auto"] = 4
+    sft_learning_rate_multiplier: float | Literal["auto"] = "auto"
+    sft_suffix: str | None = Field(None, max_length=64)
+    sft_seed: int | None = None
+    sft_validation_jsonl: Path | None = None
+    sft_poll_interval_s: float = Field(5.0, gt=0)
+    sft_timeout_s: float = Field(48 * 3600.0, gt=0)  # fine-tuning takes minutes to hours
+    sft_job_id: str | None = None  # follow this job instead of creating one
+    sft_extra_json: dict = Field(default_factory=dict)  # merged into the create-job body
+    sft_state_file: Path | None = None  # default: next to the training JSONL
+    sft_cancel_on_interrupt: bool = False
+    sft_force_new: bool = False  # ignore a matching job in the state file and start a new one
+
+    @field_validator("sft_extra_json", mode="before")
+    @classmethod
+    def _extra_json(cls, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"not valid JSON ({error.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object, e.g. {\"upload_to_wasabi\": true}")
+        return value
+
+    @property
+    def state_file(self) -> Path:
+        return self.sft_state_file or self.qwen_training_jsonl.with_suffix(".sft_state.json")
+
+
+class EvalSettings(RolloutSettings):
+    """eval: every rollout setting (CRAFTER_*) plus these. EVAL_MODELS, EVAL_EPISODES, EVAL_SEED and
+    EVAL_RUN_ID take the place of CRAFTER_MODEL, CRAFTER_EPISODES, CRAFTER_SEED and CRAFTER_RUN_ID."""
+
+    eval_models: list[str] = []  # space-separated; empty = [CRAFTER_MODEL]; the first is the baseline
+    eval_episodes: int = Field(20, ge=1, le=100_000)  # per model, on the same seeds
+    eval_seed: int = Field(100_000, ge=0, lt=2**31 - 1)  # far from CRAFTER_SEED=1: held-out worlds
+    eval_run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@-]{1,190}$")  # resume; models run as <id>-m0, -m1…
+    eval_run_ids: list[str] = []  # report on these finished eval runs (or <id>-mN runs) without playing
+    eval_report_dir: Path | None = None  # default reports/<eval run id>
+    eval_replays: bool = True  # GIF replays of each model's best and worst episode in the report
+
+    @field_validator("eval_models", "eval_run_ids", mode="before")
+    @classmethod
+    def _words(cls, value) -> list[str]:
+        return split_words(value)
+
+    @field_validator("eval_models")
+    @classmethod
+    def _models(cls, models: list[str]) -> list[str]:
+        return [RolloutSettings._model(model) for model in models]
+
+    @property
+    def models(self) -> list[str]:
+        return self.eval_models or [self.crafter_model]
+
+
 class ServeSettings(Settings):
     """`python -m synth_qwen.serve`: the local OpenAI-compatible learning service."""
 
@@ -218,3 +290,68 @@ class ServeSettings(Settings):
     serve_max_batch: int = Field(32, ge=1)  # concurrent chat requests decoded together
     serve_lora_rank: int = Field(16, ge=1)
     serve_max_loaded_models: int = Field(2, ge=1)  # models kept in the inference worker
+
+
+class FilterSettings(Settings):
+    """filter_traces: traces -> SFT JSONL. Lists are space- or comma-separated; caps take "none" (off).
+    The original's names are kept (MIN_TOTAL_REWARD, MODELS, …); the newer knobs are FILTER_*."""
+
+    crafter_db_url: str = DEFAULT_DB_URL
+    output_jsonl: Path = Path("ft_data/qwen4b_crafter_sft.jsonl")
+    min_total_reward: float = 1.0  # sum of Crafter's per-step rewards in the episode
+    min_achievements: int = Field(0, ge=0, le=22)  # distinct achievements unlocked in the episode
+    required_achievements: list[str] = []  # all of these must be unlocked
+    max_cost: float | None = Field(10.0, ge=0)  # USD per episode, summed over its LM calls
+    max_tokens: int | None = Field(100_000, ge=0)  # per episode, prompt + completion over its LM calls
+    models: list[str] = []  # empty = every model
+    filter_run_ids: list[str] = []  # empty = every run
+    filter_difficulties: list[Difficulty] = []  # empty = every difficulty
+    filter_statuses: list[str] = ["completed", "died", "max_steps"]
+    filter_include_eval: bool = False  # eval episodes are held out unless asked for
+    filter_mode: Literal["turn", "episode"] = "turn"  # one example per valid turn, or per episode
+    filter_max_example_tokens: int | None = Field(None, ge=1)  # drop longer examples; none = no cap
+    filter_dedup: bool = True
+    filter_validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # of seeds, not of examples
+    filter_validation_jsonl: Path | None = None  # default: OUTPUT_JSONL with a _val suffix
+    filter_dry_run: bool = False
+    filter_json: bool = False  # the funnel as JSON on stdout
+
+    @field_validator("crafter_db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        return normalize_db_url(value)
+
+    @field_validator("max_cost", "max_tokens", "filter_max_example_tokens", mode="before")
+    @classmethod
+    def _cap(cls, value):
+        return None if isinstance(value, str) and value.strip().lower() in ("none", "off") else value
+
+    @field_validator("required_achievements", "models", "filter_run_ids", "filter_difficulties",
+                     "filter_statuses", mode="before")
+    @classmethod
+    def _words(cls, value) -> list[str]:
+        return split_words(value)
+
+    @field_validator("required_achievements")
+    @classmethod
+    def _achievements(cls, names: list[str]) -> list[str]:
+        if names:
+            from synth_qwen.crafter_env import ACHIEVEMENTS  # imports crafter: only when needed
+            unknown = [name for name in names if name not in ACHIEVEMENTS]
+            if unknown:
+                raise ValueError(f"unknown achievement {unknown[0]!r}; known: {', '.join(ACHIEVEMENTS)}")
+        return names
+
+    @field_validator("filter_statuses")
+    @classmethod
+    def _statuses(cls, statuses: list[str]) -> list[str]:
+        from synth_qwen.tracing import STATUSES
+        unknown = [status for status in statuses if status not in STATUSES]
+        if unknown or not statuses:
+            raise ValueError(f"statuses are {', '.join(STATUSES)}")
+        return statuses
+
+    @property
+    def validation_jsonl(self) -> Path:
+        path = self.output_jsonl
+        return self.filter_validation_jsonl or path.with_name(f"{path.stem}_val{path.suffix}")

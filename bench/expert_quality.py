@@ -1,0 +1,69 @@
+"""How well does `builtin:expert` play? Episodes straight on CrafterEnv, no runner, no tracing.
+
+    python bench/expert_quality.py [--episodes 50] [--difficulty normal] [--turns 300]
+                                   [--actions-per-turn 5] [--workers 2]
+
+Episode i uses seed i (1..N). Prints per-achievement success %, mean progression (distinct
+achievements / 22), the Crafter score S = exp(mean_i ln(1 + s_i)) - 1 over success rates s_i in
+percent, mean episode length in env steps and turns, and the death rate.
+"""
+import argparse
+import time
+from multiprocessing import Pool
+
+from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv
+from synth_qwen.expert import ExpertAgent
+from synth_qwen.metrics import crafter_score
+
+
+def play_episode(seed: int, difficulty: str, turns: int, actions_per_turn: int) -> dict:
+    env = CrafterEnv(seed=seed, difficulty=difficulty)
+    obs = env.reset()
+    agent = ExpertAgent(max_actions=actions_per_turn, seed=seed)
+    died = False
+    for turn in range(turns):
+        actions, _ = agent.act(obs)
+        for action in actions:
+            result = env.step(action)
+            if result.done:
+                died = result.end_reason == "died"
+                break
+        if result.done:
+            break
+        obs = env.observe()
+    return dict(seed=seed, achievements=env.achievements, steps=env.steps, turns=turn + 1, died=died)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--difficulty", default="normal")
+    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--actions-per-turn", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    jobs = [(seed, args.difficulty, args.turns, args.actions_per_turn) for seed in range(1, args.episodes + 1)]
+    with Pool(args.workers) as pool:
+        episodes = pool.starmap(play_episode, jobs)
+    wall = time.perf_counter() - start
+
+    n = len(episodes)
+    success = {name: 100.0 * sum(name in ep["achievements"] for ep in episodes) / n for name in ACHIEVEMENTS}
+    print(f"builtin:expert on {args.difficulty}, {n} episodes (seeds 1..{n}), {args.turns} turns x "
+          f"<= {args.actions_per_turn} actions, {wall:.0f} s wall")
+    print("| achievement | success % |\n|---|---|")
+    for name in ACHIEVEMENTS:
+        print(f"| {name} | {success[name]:.0f} |")
+    distinct = sum(len(ep["achievements"]) for ep in episodes) / n
+    print(f"mean distinct achievements {distinct:.2f} / {len(ACHIEVEMENTS)} "
+          f"(progression {100 * distinct / len(ACHIEVEMENTS):.1f} %)")
+    print(f"Crafter score {crafter_score(list(success.values())):.1f} %")
+    print(f"mean episode length {sum(ep['steps'] for ep in episodes) / n:.0f} env steps, "
+          f"{sum(ep['turns'] for ep in episodes) / n:.0f} turns; "
+          f"death rate {100 * sum(ep['died'] for ep in episodes) / n:.0f} %")
+
+
+if __name__ == "__main__":
+    main()

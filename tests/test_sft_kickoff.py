@@ -1,0 +1,143 @@
+"""sft_kickoff against the real `serve` (and a fault-injecting proxy in front of it)."""
+import asyncio
+import json
+import threading
+
+import openai
+import pytest
+from aiohttp import ClientSession, web
+
+from rollout_helpers import rollout_env, run_module
+from serve_helpers import Server, crafter_examples, wait_for_job, write_jsonl
+
+TINY = "local/tiny-qwen3"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("kickoff") / "data", serve_tiny_size="micro").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def training_jsonl(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", crafter_examples(12, seed=3))
+
+
+def kickoff(tmp_path, base_url, jsonl, **values):
+    settings = dict(learning_v2_base_url=base_url, synth_api_key="sk_live_test", qwen_base_model=TINY,
+                    qwen_training_jsonl=jsonl, sft_poll_interval_s=0.3, sft_n_epochs=1, sft_batch_size=4,
+                    sft_state_file=tmp_path / "state.json")
+    settings.update(values)
+    return run_module("synth_qwen.sft_kickoff", rollout_env(tmp_path, **settings), tmp_path, timeout=400)
+
+
+def test_success_prints_ids_events_and_the_model(tmp_path, server, training_jsonl):
+    done = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_suffix="crafter")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "12 examples validated locally" in out and "-> file id file-" in out
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert f"created fine-tuning job {state['job_id']}" in out
+    assert f"fine-tuned model: {state['fine_tuned_model']}" in out
+    assert state["fine_tuned_model"].startswith(f"ft:{TINY}:") and state["status"] == "succeeded"
+    assert "metrics:" in out and "trained tokens:" in out
+    assert f'CRAFTER_MODEL="{state["fine_tuned_model"]}"' in out and "python -m synth_qwen.eval" in out
+    assert "sk_live_test" not in out + done.stderr
+    # a rerun with the same data and settings reuses the finished job instead of training again
+    again = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_suffix="crafter")
+    assert again.returncode == 0 and f"reusing job {state['job_id']}" in again.stdout
+
+
+def test_resume_with_job_id_and_failed_job_exits_1_with_the_service_message(tmp_path, server, training_jsonl):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
+    broken = write_jsonl(tmp_path / "broken.jsonl", crafter_examples(11, seed=4) + ['{"messages": "nope"}'])
+    uploaded = client.files.create(file=open(broken, "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=uploaded.id)
+    done = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_job_id=job.id)
+    assert done.returncode == 1
+    assert f"error: job {job.id} failed" in done.stdout and "line 12" in done.stdout
+
+
+def test_local_validation_names_the_line(tmp_path, server):
+    bad = crafter_examples(12, seed=5)
+    bad[6]["messages"][-1]["tool_calls"][0]["function"]["arguments"] = "{not json"
+    done = kickoff(tmp_path, server.url + "/api", write_jsonl(tmp_path / "bad.jsonl", bad))
+    assert done.returncode == 1 and "line 7" in done.stdout
+    assert "file id" not in done.stdout  # nothing was uploaded
+
+
+def test_timeout_prints_how_to_keep_following(tmp_path, server):
+    big = write_jsonl(tmp_path / "big.jsonl", crafter_examples(60, seed=6))
+    done = kickoff(tmp_path, server.url + "/api", big, sft_timeout_s=1, sft_n_epochs=3)
+    assert done.returncode == 124
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert f"SFT_JOB_ID={state['job_id']} python -m synth_qwen.sft_kickoff" in done.stdout
+    resumed = kickoff(tmp_path, server.url + "/api", big, sft_job_id=state["job_id"])
+    assert resumed.returncode == 0 and "fine-tuned model: ft:" in resumed.stdout
+
+
+class FaultProxy:
+    """Forwards to serve, but answers the first request of each listed path with 429 then 500."""
+
+    def __init__(self, target: str, faulty: tuple[str, ...]):
+        self.target, self.faulty, self.injected = target, faulty, []
+
+    def __enter__(self):
+        ready = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.serve(ready)), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+
+    async def serve(self, ready):
+        self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_route("*", "/{tail:.*}", self.forward)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        ready.set()
+        await self.stop.wait()
+        await runner.cleanup()
+
+    async def forward(self, request):
+        key = (request.method, request.path.rstrip("/").split("/")[-1])
+        hits = sum(1 for k in self.injected if k == key)
+        if any(request.path.endswith(p) for p in self.faulty) and hits < 2:
+            self.injected.append(key)
+            status = 429 if hits == 0 else 500
+            return web.json_response({"error": {"message": "injected", "type": "x", "param": None, "code": None}},
+                                     status=status, headers={"Retry-After": "0.1"})
+        body = await request.read()
+        async with ClientSession() as session:
+            async with session.request(request.method, self.target + request.path_qs, data=body,
+                                       headers={k: v for k, v in request.headers.items() if k.lower() != "host"}) as upstream:
+                return web.Response(body=await upstream.read(), status=upstream.status,
+                                    content_type=upstream.content_type)
+
+
+def test_429_and_500_are_retried(tmp_path, server, training_jsonl):
+    with FaultProxy(server.url, faulty=("/files", "/fine_tuning/jobs", "/events")) as proxy:
+        done = kickoff(tmp_path, proxy.url + "/api", training_jsonl, sft_suffix="proxied")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(proxy.injected) >= 4 and "fine-tuned model: ft:" in done.stdout
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("sft_extra_json", "{oops", "SFT_EXTRA_JSON='{oops' is invalid: not valid JSON"),
+    ("learning_v2_base_url", "localhost:8000/api", "LEARNING_V2_BASE_URL='localhost:8000/api' is invalid"),
+    ("sft_n_epochs", "many", "SFT_N_EPOCHS='many' is invalid"),
+    ("qwen_training_jsonl", "missing.jsonl", "QWEN_TRAINING_JSONL='missing.jsonl' is invalid: no such file"),
+])
+def test_bad_settings_exit_2_with_one_line(tmp_path, training_jsonl, name, value, expected):
+    done = kickoff(tmp_path, "http://127.0.0.1:9/api", training_jsonl, **{name: value})
+    assert done.returncode == 2 and expected in done.stderr
+    assert done.stderr.strip().count("\n") == 0
