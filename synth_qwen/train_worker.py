@@ -31,6 +31,13 @@ LOGS_PER_RUN = 50  # metrics events per job, whatever its length
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "elapsed_s"]
 
 
+def resolve_device(device: str) -> str:
+    """SERVE_DEVICE=auto -> cuda when torch sees a GPU, else cpu."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def auto_epochs(n_examples: int) -> int:
     """OpenAI's rule for n_epochs="auto"."""
     if n_examples * 3 < 100:
@@ -153,6 +160,7 @@ def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
     from transformers import TrainerCallback
 
     cancel_flag = job_dir / "cancel"
+    parent = os.getppid()
     metrics_path = job_dir / "metrics.csv"
     started = time.time()
     with open(metrics_path, "w", newline="") as handle:
@@ -173,6 +181,8 @@ def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
             reporter.send("metrics", data=row, total_steps=state.max_steps)
 
         def on_step_end(self, args, state, control, **kwargs):
+            if os.getppid() != parent:  # serve died (SIGKILL): no one will read our results
+                os._exit(3)
             if cancel_flag.exists():  # serve asks politely first, then terminates
                 control.should_training_stop = True
 
@@ -207,7 +217,8 @@ def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
         eval_rows = [encode_example(tokenizer, training_template, example, spec["max_seq_len"])
                      for example in read_jsonl(spec["validation_file"])]
 
-    cpu = spec["device"] == "cpu"
+    device = resolve_device(spec["device"])
+    cpu = device == "cpu"
     steps_per_epoch = -(-len(rows) // hyper["batch_size"])
     config = SFTConfig(
         output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper["batch_size"],
@@ -230,7 +241,7 @@ def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
                          processing_class=tokenizer, peft_config=peft_config,
                          callbacks=[make_callback(spec, reporter, tokenizer, job_dir)])
     reporter.event(f"Training: {hyper['n_epochs']} epochs x {steps_per_epoch} steps, batch {hyper['batch_size']}, "
-                   f"{'LoRA r=' + str(spec['lora_rank']) if peft_config else 'full fine-tune'}, device {spec['device']}")
+                   f"{'LoRA r=' + str(spec['lora_rank']) if peft_config else 'full fine-tune'}, device {device}")
     started = time.time()
     trainer.train()
     seconds = time.time() - started

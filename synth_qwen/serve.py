@@ -1,0 +1,671 @@
+"""`python -m synth_qwen.serve`: a local OpenAI-compatible learning service.
+
+Files, fine-tuning jobs (TRL/PEFT in a worker subprocess, one at a time) and chat completions
+(with Qwen tool-call parsing, in an inference worker subprocess), the same routes under /v1, /api
+and /api/v1. State lives as JSON in SERVE_DATA_DIR and survives restarts. This process never
+imports torch: it validates, stores, queues and forwards.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from synth_qwen import sft_format, train_worker
+from synth_qwen.serve_store import ACTIVE_STATUSES, BadId, Store, new_id, now, page
+from synth_qwen.settings import ServeSettings, load
+from synth_qwen.tiny_model import TINY_MODEL_ID
+
+PREFIXES = ("/v1", "/api", "/api/v1")
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import synth_qwen from here
+CANCEL_GRACE_S = (10, 5)  # seconds to wait after the cancel flag, then after SIGTERM, before SIGKILL
+MAX_PAGE = 100
+JSON_SLACK_BYTES = 1 << 20  # non-upload bodies may exceed the upload limit by this much
+HYPERPARAMETER_RULES = {  # name -> (type, minimum)
+    "n_epochs": (int, 1), "batch_size": (int, 1), "learning_rate_multiplier": (float, 1e-9)}
+
+
+class ApiError(Exception):
+    """Becomes an OpenAI-style `{"error": {...}}` response."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def not_found(what: str, value: str) -> ApiError:
+    return ApiError(404, f"No {what} with id {value!r}.", code=f"{what.replace(' ', '_')}_not_found")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return web.json_response(error.body, status=error.status)
+    except BadId as error:
+        return web.json_response(ApiError(400, str(error), code="invalid_id").body, status=400)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app["settings"].serve_max_upload_mb
+        return web.json_response(ApiError(413, f"Request body too large: the limit is {limit:g} MB "
+                                               "(raise SERVE_MAX_UPLOAD_MB).", code="payload_too_large").body,
+                                 status=413)
+    except web.HTTPException as error:  # unknown route, wrong method
+        if error.status < 400:
+            raise
+        return web.json_response(ApiError(error.status, f"{request.method} {request.path}: {error.reason}",
+                                          code=error.reason.lower().replace(" ", "_")).body, status=error.status)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    key = request.app["settings"].serve_api_key
+    if key and not request.path.endswith("/health"):
+        if request.headers.get("Authorization", "") != f"Bearer {key}":
+            raise ApiError(401, "Invalid or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>'.",
+                           code="invalid_api_key")
+    return await handler(request)
+
+
+async def json_body(request: web.Request, allow_empty: bool = False) -> dict:
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except ValueError as error:
+        raise ApiError(400, f"Request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def page_args(request: web.Request) -> tuple[str | None, int]:
+    try:
+        limit = int(request.query.get("limit", 20))
+    except ValueError:
+        raise ApiError(400, "limit must be an integer", param="limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    return request.query.get("after"), limit
+
+
+# ---------------------------------------------------------------------------------------
+# Models: the tiny built-in, local Hugging Face models, and what jobs produced
+
+def model_spec(app: web.Application, name: str) -> dict | None:
+    """How the workers load `name`, or None when it is unknown here (never downloads unless allowed)."""
+    settings, store = app["settings"], app["store"]
+    if name == TINY_MODEL_ID:
+        return {"key": name, "kind": "tiny", "size": settings.serve_tiny_size, "data_dir": str(store.root)}
+    record = store.models().get(name)
+    if record:
+        return record["spec"]
+    if (Path(name) / "config.json").is_file():
+        return {"key": name, "kind": "hf", "path": str(Path(name).resolve())}
+    if name.count("/") == 1 and hf_cached(name):
+        return {"key": name, "kind": "hf", "path": name}
+    if settings.serve_allow_download and name.count("/") == 1:
+        return {"key": name, "kind": "hf", "path": name, "allow_download": True}
+    return None
+
+
+def hf_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # a malformed repo id is simply not cached
+        return False
+
+
+def model_object(model_id: str, created: int = 0, owned_by: str = "system") -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    models = [model_object(TINY_MODEL_ID)]
+    models += [model_object(model_id, record["created"], "user") for model_id, record in
+               request.app["store"].models().items()]
+    return web.json_response({"object": "list", "data": models})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    spec = model_spec(request.app, name)
+    if spec is None:
+        raise ApiError(404, f"The model {name!r} does not exist here.", param="model", code="model_not_found")
+    record = request.app["store"].models().get(name)
+    return web.json_response(model_object(name, record["created"], "user") if record else model_object(name))
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+async def create_file(request: web.Request) -> web.Response:
+    store, limit = request.app["store"], int(request.app["settings"].serve_max_upload_mb * (1 << 20))
+    if request.content_length and request.content_length > limit + JSON_SLACK_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "Upload files as multipart/form-data with fields 'file' and 'purpose'.")
+    purpose, filename, temp = None, None, store.upload_temp_path()
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+            elif part.name == "file":
+                filename = Path(part.filename or "upload.jsonl").name
+                size = 0
+                with open(temp, "wb") as handle:
+                    while chunk := await part.read_chunk(1 << 16):
+                        size += len(chunk)
+                        if size > limit:
+                            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                        handle.write(chunk)
+        if filename is None:
+            raise ApiError(400, "Missing multipart field 'file'.", param="file")
+        if not purpose:
+            raise ApiError(400, "Missing multipart field 'purpose' (use purpose=fine-tune).", param="purpose")
+        return web.json_response(store.add_file(filename, purpose, temp))
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def get_file_or_404(request: web.Request) -> dict:
+    file_id = request.match_info["file_id"]
+    meta = request.app["store"].get_file(file_id)
+    if meta is None:
+        raise not_found("file", file_id)
+    return meta
+
+
+async def list_files(request: web.Request) -> web.Response:
+    after, limit = request.query.get("after"), int(request.query.get("limit", 10000))
+    files = request.app["store"].list_files(request.query.get("purpose"))
+    return web.json_response(page(files, after, limit))
+
+
+async def retrieve_file(request: web.Request) -> web.Response:
+    return web.json_response(get_file_or_404(request))
+
+
+async def file_content(request: web.Request) -> web.FileResponse:
+    meta = get_file_or_404(request)
+    return web.FileResponse(request.app["store"].file_data_path(meta["id"]),
+                            headers={"Content-Type": "application/octet-stream"})
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    meta = get_file_or_404(request)
+    request.app["store"].delete_file(meta["id"])
+    return web.json_response({"id": meta["id"], "object": "file", "deleted": True})
+
+
+# ---------------------------------------------------------------------------------------
+# Fine-tuning jobs
+
+def requested_hyperparameters(body: dict) -> dict:
+    """`hyperparameters` (deprecated form) overlaid by `method.supervised.hyperparameters`; checked."""
+    method = body.get("method") or {}
+    if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
+        raise ApiError(400, "Only method.type='supervised' is supported here.", param="method.type")
+    supervised = method.get("supervised") or {}
+    merged = {**(body.get("hyperparameters") or {}), **(supervised.get("hyperparameters") or {})}
+    checked = {}
+    for name, (kind, minimum) in HYPERPARAMETER_RULES.items():
+        value = merged.get(name, "auto")
+        if value != "auto":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or \
+                    (kind is int and value != int(value)):
+                raise ApiError(400, f"hyperparameters.{name} must be 'auto' or a {kind.__name__} >= {minimum:g}; "
+                                    f"got {value!r}.", param=f"hyperparameters.{name}")
+            value = kind(value)
+        checked[name] = value
+    return checked
+
+
+def training_file_path(request: web.Request, body: dict, field: str) -> tuple[str | None, Path | None]:
+    file_id = body.get(field)
+    if file_id is None and field == "validation_file":
+        return None, None
+    if not isinstance(file_id, str):
+        raise ApiError(400, f"'{field}' must be a file id from POST /files.", param=field)
+    meta = request.app["store"].get_file(file_id)
+    if meta is None:
+        raise ApiError(404, f"No file with id {file_id!r} ({field}).", param=field, code="file_not_found")
+    if meta["purpose"] != "fine-tune":
+        raise ApiError(400, f"File {file_id} has purpose {meta['purpose']!r}; upload it with purpose=fine-tune.",
+                       param=field)
+    return file_id, request.app["store"].file_data_path(file_id)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    app, store = request.app, request.app["store"]
+    body = await json_body(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required (e.g. local/tiny-qwen3).", param="model")
+    spec = model_spec(app, model)
+    if spec is None:
+        raise ApiError(404, f"The model {model!r} does not exist here (set SERVE_ALLOW_DOWNLOAD=true to fetch "
+                            "Hugging Face models).", param="model", code="model_not_found")
+    if spec["kind"] not in ("tiny", "hf"):
+        raise ApiError(400, f"Fine-tuning a fine-tuned model ({model}) is not supported; start from its base.",
+                       param="model")
+    hyperparameters = requested_hyperparameters(body)
+    training_file, _ = training_file_path(request, body, "training_file")
+    validation_file, _ = training_file_path(request, body, "validation_file")
+    suffix = body.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
+        raise ApiError(400, "'suffix' must be a string of at most 64 characters.", param="suffix")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, "'seed' must be an integer.", param="seed")
+    job_id = new_id("ftjob")
+    job = {"id": job_id, "object": "fine_tuning.job", "created_at": now(), "finished_at": None, "model": model,
+           "fine_tuned_model": None, "organization_id": "org-local", "status": "validating_files", "error": None,
+           "hyperparameters": hyperparameters, "seed": seed if seed is not None else secrets.randbelow(2**31),
+           "result_files": [], "trained_tokens": None, "training_file": training_file,
+           "validation_file": validation_file, "estimated_finish": None, "integrations": [],
+           "metadata": body.get("metadata"), "suffix": suffix, "output_dir": None,
+           "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}}
+    store.save_job(job)
+    store.add_event(job_id, f"Created fine-tuning job: {job_id}")
+    app["background"].add(asyncio.create_task(validate_job(app, job_id, spec)))
+    return web.json_response(job)
+
+
+async def validate_job(app: web.Application, job_id: str, spec: dict) -> None:
+    store = app["store"]
+    job = store.get_job(job_id)
+    store.add_event(job_id, "Validating training file: " + job["training_file"])
+    reports = []
+    for field in ("training_file", "validation_file"):
+        if job[field]:
+            minimum = sft_format.MIN_EXAMPLES if field == "training_file" else 1
+            reports.append((field, await asyncio.to_thread(
+                sft_format.validate_jsonl, store.file_data_path(job[field]), minimum, job[field])))
+    job = store.get_job(job_id)
+    if job["status"] != "validating_files":  # cancelled meanwhile
+        return
+    for field, report in reports:
+        if not report.ok:
+            return finish_job(store, job, "failed", error={
+                "code": "invalid_training_file" if field == "training_file" else "invalid_validation_file",
+                "param": field, "message": f"Invalid {field.replace('_', ' ')} {report.summary()}"})
+    kind = "tiny" if spec["kind"] == "tiny" else "hf"
+    job["hyperparameters"] = train_worker.resolve_hyperparameters(job["hyperparameters"], kind, reports[0][1].examples)
+    job["method"]["supervised"]["hyperparameters"] = job["hyperparameters"]
+    job["status"] = "queued"
+    store.save_job(job)
+    store.add_event(job_id, f"Files validated ({reports[0][1].examples} training examples); job queued")
+    await app["job_queue"].put(job_id)
+
+
+def finish_job(store: Store, job: dict, status: str, error: dict | None = None) -> None:
+    job.update(status=status, finished_at=now(), error=error)
+    store.save_job(job)
+    message = {"succeeded": "The job has successfully completed", "cancelled": "Job cancelled"}.get(
+        status, f"Job failed: {error['message'] if error else ''}")
+    store.add_event(job["id"], message, level="error" if status == "failed" else "info")
+
+
+def fine_tuned_name(job: dict) -> str:
+    return f"ft:{job['model']}:{job['suffix']}:{job['id']}" if job.get("suffix") else f"ft:{job['model']}:{job['id']}"
+
+
+async def job_runner(app: web.Application) -> None:
+    """One job at a time, in submission order."""
+    while True:
+        job_id = await app["job_queue"].get()
+        job = app["store"].get_job(job_id)
+        if job and job["status"] == "queued":
+            try:
+                await run_job(app, job)
+            except Exception as error:  # a bug here must not stop later jobs
+                finish_job(app["store"], app["store"].get_job(job_id), "failed",
+                           {"code": "server_error", "param": None, "message": f"{type(error).__name__}: {error}"})
+
+
+async def run_job(app: web.Application, job: dict) -> None:
+    store, settings = app["store"], app["settings"]
+    job_dir = store.job_dir(job["id"])
+    base = model_spec(app, job["model"])
+    spec = {"job_id": job["id"], "training_file": str(store.file_data_path(job["training_file"])),
+            "validation_file": str(store.file_data_path(job["validation_file"])) if job["validation_file"] else None,
+            "base": {**base, "name": job["model"]}, "hyperparameters": job["hyperparameters"], "seed": job["seed"],
+            "device": settings.serve_device, "max_seq_len": settings.serve_max_seq_len,
+            "lora_rank": settings.serve_lora_rank, "output_dir": str(job_dir / "output")}
+    (job_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+    (job_dir / "cancel").unlink(missing_ok=True)
+    job.update(status="running")
+    store.save_job(job)
+    store.add_event(job["id"], "Fine-tuning job started")
+    with open(job_dir / "worker.log", "ab") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "synth_qwen.train_worker", str(job_dir), stdout=asyncio.subprocess.PIPE,
+            stderr=log, env=worker_env())
+    app["state"]["training"] = (job["id"], process)
+    name = fine_tuned_name(job)
+    result, error_message = None, None
+    async for raw in process.stdout:
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if line["type"] == "event":
+            store.add_event(job["id"], line["message"], level=line["level"])
+        elif line["type"] == "metrics":
+            data = {key: value for key, value in line["data"].items() if value is not None}
+            store.add_event(job["id"], f"Step {data['step']}/{line['total_steps']}: training loss="
+                                       f"{data['train_loss']:.4f}", type="metrics",
+                            data={**data, "total_steps": line["total_steps"]})
+        elif line["type"] == "checkpoint":
+            add_checkpoint(store, job, name, line, base)
+        elif line["type"] == "result":
+            result = line
+        elif line["type"] == "error":
+            error_message = line["message"]
+    returncode = await process.wait()
+    app["state"]["training"] = None
+    job = store.get_job(job["id"])
+    if job["status"] == "cancelled":
+        return
+    if returncode == 0 and result:
+        register_model(store, name, job["id"], result["output_dir"], result["adapter"], base)
+        metrics_file = store.add_file("step_metrics.csv", "fine-tune-results", copy_for_store(store, result["metrics_csv"]))
+        job.update(fine_tuned_model=name, trained_tokens=result["trained_tokens"], output_dir=result["output_dir"],
+                   result_files=[metrics_file["id"]])
+        store.add_event(job["id"], f"New fine-tuned model created: {name} ({result['tokens_per_second']:.0f} "
+                                   "training tokens/s)", data={"tokens_per_second": result["tokens_per_second"]})
+        return finish_job(store, job, "succeeded")
+    finish_job(store, job, "failed", {"code": "training_failed", "param": None, "message": error_message or
+                                      f"training worker exited with status {returncode}; see {job_dir}/worker.log"})
+
+
+def copy_for_store(store: Store, path: str) -> Path:
+    temp = store.upload_temp_path()
+    shutil.copyfile(path, temp)
+    return temp
+
+
+def register_model(store: Store, name: str, job_id: str, path: str, adapter: bool, base: dict) -> None:
+    spec = {"key": name, "kind": "ft", "path": path, "adapter": adapter, "base": base}
+    store.add_model(name, {"created": now(), "job_id": job_id, "spec": spec})
+
+
+def add_checkpoint(store: Store, job: dict, name: str, line: dict, base: dict) -> None:
+    checkpoint_name = f"{name}:ckpt-step-{line['step']}"
+    metrics = {key: value for key, value in line["metrics"].items()
+               if key in ("step", "train_loss", "train_mean_token_accuracy") and value is not None}
+    store.add_checkpoint(job["id"], {
+        "id": new_id("ftckpt"), "object": "fine_tuning.job.checkpoint", "created_at": now(),
+        "fine_tuned_model_checkpoint": checkpoint_name, "fine_tuning_job_id": job["id"],
+        "step_number": line["step"], "metrics": metrics})
+    register_model(store, checkpoint_name, job["id"], line["path"], base["kind"] != "tiny", base)
+    store.add_event(job["id"], f"Checkpoint created at step {line['step']}: {checkpoint_name}")
+
+
+def worker_env() -> dict:
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": PACKAGE_ROOT + (os.pathsep + path if path else "")}
+
+
+def get_job_or_404(request: web.Request) -> dict:
+    job_id = request.match_info["job_id"]
+    job = request.app["store"].get_job(job_id)
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    return web.json_response(page(request.app["store"].list_jobs(), *page_args(request)))
+
+
+async def retrieve_job(request: web.Request) -> web.Response:
+    return web.json_response(get_job_or_404(request))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    await json_body(request, allow_empty=True)  # the SDK sends Content-Type json with an empty body
+    app, job = request.app, get_job_or_404(request)
+    if job["status"] not in ACTIVE_STATUSES:
+        raise ApiError(400, f"Job {job['id']} is already {job['status']}; only active jobs can be cancelled.",
+                       code="job_not_active")
+    was_running = job["status"] == "running"
+    finish_job(app["store"], job, "cancelled")
+    training = app["state"]["training"]
+    if was_running and training and training[0] == job["id"]:
+        app["background"].add(asyncio.create_task(stop_worker(app["store"].job_dir(job["id"]), training[1])))
+    return web.json_response(job)
+
+
+async def stop_worker(job_dir: Path, process) -> None:
+    """Flag, then SIGTERM, then SIGKILL: the worker gets a chance to stop between steps."""
+    (job_dir / "cancel").touch()
+    for signal_next, grace in zip((process.terminate, process.kill), CANCEL_GRACE_S):
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+            return
+        except asyncio.TimeoutError:
+            signal_next()
+    await process.wait()
+
+
+async def list_events(request: web.Request) -> web.Response:
+    job = get_job_or_404(request)
+    return web.json_response(page(request.app["store"].list_events(job["id"]), *page_args(request)))
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    job = get_job_or_404(request)
+    return web.json_response(page(request.app["store"].list_checkpoints(job["id"]), *page_args(request)))
+
+
+# ---------------------------------------------------------------------------------------
+# Chat completions (forwarded to the inference worker)
+
+class InferenceWorker:
+    """The inference subprocess: requests go down its stdin, answers come back by id."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings, self.process, self.pending, self.ids = settings, None, {}, itertools.count()
+        self.lock = asyncio.Lock()
+
+    async def ensure_started(self) -> None:
+        async with self.lock:
+            if self.process and self.process.returncode is None:
+                return
+            log = open(self.settings.serve_data_dir / "inference_worker.log", "ab")
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "synth_qwen.inference_worker", self.settings.serve_device,
+                str(self.settings.serve_max_batch), str(self.settings.serve_max_loaded_models),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, env=worker_env(),
+                limit=1 << 24)
+            asyncio.get_running_loop().create_task(self.read_answers(self.process))
+
+    async def read_answers(self, process) -> None:
+        async for raw in process.stdout:
+            answer = json.loads(raw)
+            future = self.pending.pop(answer["id"], None)
+            if future and not future.done():
+                future.set_result(answer)
+        await process.wait()
+        for future in self.pending.values():  # the worker died: nobody will answer these
+            if not future.done():
+                future.set_result({"error": f"inference worker exited with status {process.returncode}; "
+                                            "see inference_worker.log in the data dir"})
+        self.pending.clear()
+
+    async def complete(self, request: dict) -> dict:
+        await self.ensure_started()
+        request_id = next(self.ids)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        self.process.stdin.write((json.dumps({**request, "id": request_id}) + "\n").encode())
+        await self.process.stdin.drain()
+        return await future
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.stdin.close()
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except asyncio.TimeoutError:
+                self.process.kill()
+
+
+def chat_request(body: dict) -> dict:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in sft_format.ROLES for m in messages):
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with roles "
+                            f"{', '.join(sft_format.ROLES)}.", param="messages")
+    if body.get("stream"):
+        raise ApiError(400, "stream=true is not supported by this server.", param="stream")
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "Only n=1 is supported.", param="n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    checks = {"max_tokens": (max_tokens, int, 1), "temperature": (body.get("temperature"), (int, float), 0),
+              "top_p": (body.get("top_p"), (int, float), 0), "seed": (body.get("seed"), int, None)}
+    for name, (value, kinds, minimum) in checks.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or
+                                  (minimum is not None and value < minimum)):
+            raise ApiError(400, f"'{name}' has an invalid value {value!r}.", param=name)
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise ApiError(400, "'tools' must be a list.", param="tools")
+    if body.get("tool_choice") == "none":
+        tools = None
+    return {"messages": messages, "tools": tools, "max_tokens": max_tokens, "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"), "seed": body.get("seed")}
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required.", param="model")
+    forwarded = chat_request(body)
+    spec = model_spec(request.app, model)
+    if spec is None:
+        raise ApiError(404, f"The model {model!r} does not exist here.", param="model", code="model_not_found")
+    answer = await request.app["inference"].complete({**forwarded, "model": spec})
+    if "error" in answer:
+        raise ApiError(500, f"Model {model} failed: {answer['error']}", type="server_error", code="model_error")
+    return web.json_response({
+        "id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": now(), "model": model,
+        "choices": [{"index": 0, "message": answer["message"], "finish_reason": answer["finish_reason"],
+                     "logprobs": None}],
+        "usage": answer["usage"], "system_fingerprint": None})
+
+
+async def health(request: web.Request) -> web.Response:
+    training = request.app["state"]["training"]
+    return web.json_response({"status": "ok", "training_job": training[0] if training else None,
+                              "queued_jobs": request.app["job_queue"].qsize()})
+
+
+# ---------------------------------------------------------------------------------------
+# App
+
+ROUTES = [
+    ("POST", "/files", create_file), ("GET", "/files", list_files), ("GET", "/files/{file_id}", retrieve_file),
+    ("GET", "/files/{file_id}/content", file_content), ("DELETE", "/files/{file_id}", delete_file),
+    ("POST", "/fine_tuning/jobs", create_job), ("GET", "/fine_tuning/jobs", list_jobs),
+    ("GET", "/fine_tuning/jobs/{job_id}", retrieve_job), ("POST", "/fine_tuning/jobs/{job_id}/cancel", cancel_job),
+    ("GET", "/fine_tuning/jobs/{job_id}/events", list_events),
+    ("GET", "/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints),
+    ("GET", "/models", list_models), ("GET", "/models/{model:.+}", retrieve_model),
+    ("POST", "/chat/completions", chat_completions), ("GET", "/health", health),
+]
+
+
+def make_app(settings: ServeSettings) -> web.Application:
+    limit = int(settings.serve_max_upload_mb * (1 << 20)) + JSON_SLACK_BYTES
+    app = web.Application(client_max_size=limit, middlewares=[errors_middleware, auth_middleware])
+    app["settings"], app["store"] = settings, Store(settings.serve_data_dir)
+    app["interrupted"] = app["store"].fail_interrupted_jobs()
+    app["inference"], app["background"], app["state"] = InferenceWorker(settings), set(), {"training": None}
+    for prefix in PREFIXES:
+        for method, path, handler in ROUTES:
+            app.router.add_route(method, prefix + path, handler)
+    app.router.add_get("/health", health)
+    app.on_startup.append(start_background)
+    app.on_cleanup.append(stop_background)
+    return app
+
+
+async def start_background(app: web.Application) -> None:
+    app["job_queue"] = asyncio.Queue()
+    app["runner"] = asyncio.create_task(job_runner(app))
+
+
+async def stop_background(app: web.Application) -> None:
+    app["runner"].cancel()
+    training = app["state"]["training"]
+    if training:  # the job cannot outlive us; say so now rather than at the next start
+        training[1].kill()
+        job = app["store"].get_job(training[0])
+        finish_job(app["store"], job, "failed", {"code": "server_stopped", "param": None,
+                                                 "message": "The server stopped while this job was running; "
+                                                            "create a new job to retry."})
+    await app["inference"].stop()
+
+
+def main() -> None:
+    settings = load(ServeSettings)
+    settings.serve_data_dir.mkdir(parents=True, exist_ok=True)
+    app = make_app(settings)
+    for job_id in app["interrupted"]:
+        print(f"serve: job {job_id} was interrupted by a restart; marked failed", flush=True)
+    runner = web.AppRunner(app)
+
+    async def serve_forever() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        base = f"http://{settings.serve_host}:{port}"
+        print(f"serve: listening on {base}/v1 (also {base}/api and {base}/api/v1)", flush=True)
+        print(f"serve: data {settings.serve_data_dir.resolve()}, device {settings.serve_device}, "
+              f"models {TINY_MODEL_ID} + {len(app['store'].models())} fine-tuned, "
+              f"auth {'on' if settings.serve_api_key else 'off'}", flush=True)
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve_with_cleanup(runner, serve_forever))
+    except KeyboardInterrupt:
+        pass
+
+
+async def serve_with_cleanup(runner: web.AppRunner, serve_forever) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)  # terminate = clean shutdown, workers stopped
+    try:
+        await serve_forever()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    main()
