@@ -459,11 +459,18 @@ def interact_tool(max_actions: int = 5) -> dict:
     }
 
 
-def system_prompt(max_actions: int = 5, tool_mode: str = "tools") -> str:
+PROMPT_STYLES = ("full", "compact")
+
+
+def system_prompt(max_actions: int = 5, tool_mode: str = "tools", style: str = "full") -> str:
+    """`full`: the rules paragraph + action names (for real LLMs). `compact`: one line, for tiny
+    models that cannot use the rules and pay for every prompt token in training and inference."""
     how = (f"Each turn, call the interact tool with 1 to {max_actions} actions."
            if tool_mode == "tools" else
            f"Each turn, answer with 1 to {max_actions} action names on one line, comma-separated, "
            "e.g. 'Actions: move_left, do'.")
+    if style == "compact":
+        return f"You play Crafter. Unlock as many achievements as you can. {how}"
     return f"{rules_summary()}\nActions: {', '.join(ACTIONS)}.\n{how}"
 
 

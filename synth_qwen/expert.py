@@ -103,7 +103,7 @@ class ExpertAgent:
                 self.last_actions = actions
                 return actions, reason
         self.last_actions = ["noop"]
-        return ["noop"], "subgoal: wait — nothing to do"
+        return ["noop"], "subgoal: wait, nothing to do"
 
     # -- memory: where am I, what is where ----------------------------------------------
     def _localize(self, obs: Observation) -> None:
@@ -263,7 +263,7 @@ class ExpertAgent:
         if path is None:
             return None
         target = self._faced_after(path)
-        return path + ["do"] * hits, f"subgoal: {reason} — {name} {self.where(target)}"
+        return path + ["do"] * hits, f"subgoal: {reason}, {name} {self.where(target)}"
 
     def _go_place(self, action: str, reason: str, where=None, max_states: int = 3000):
         """Face a cell where `action` can put its thing (and where(cell) allows it), then place."""
@@ -275,7 +275,7 @@ class ExpertAgent:
         path = self._go_face(ok, max_states)
         if path is None:
             return None
-        return path + [action], f"subgoal: {reason} — {self.where(self._faced_after(path))}"
+        return path + [action], f"subgoal: {reason}, {self.where(self._faced_after(path))}"
 
     def _faced_after(self, path):
         pos, facing = self.pos, self.facing
@@ -332,13 +332,13 @@ class ExpertAgent:
         if dist == 1:
             d = sub(cell, self.pos)
             turn = [] if d == self.facing else [MOVE_FOR[d]]
-            return turn + ["do", "do"], f"subgoal: defeat {name} — {self.where(cell)}"
+            return turn + ["do", "do"], f"subgoal: defeat {name}, {self.where(cell)}"
         if dist == 2 and name == "zombie" and self.obs.vitals["health"] >= 6:
             # step next to it (it comes toward us anyway) so we strike first
             for d in DIRS:
                 step = add(self.pos, d)
                 if manhattan(step, cell) == 1 and self.enterable(step):
-                    return [MOVE_FOR[d]], f"subgoal: defeat zombie — {self.where(cell)}"
+                    return [MOVE_FOR[d]], f"subgoal: defeat zombie, {self.where(cell)}"
         if name == "skeleton" and dist <= 4 and self.obs.vitals["health"] >= 4:
             # it shoots from range and backs off; close in rather than take arrows
             return self._go_do("skeleton", "defeat skeleton", 2, max_states=200)
@@ -373,7 +373,7 @@ class ExpertAgent:
         for cell in recent[:3]:
             path = self._search(lambda pos, facing: manhattan(pos, cell) <= 1, 12000)
             if path:
-                return path, f"subgoal: find a cow — one was seen {self.where(cell)}"
+                return path, f"subgoal: find a cow, one was seen {self.where(cell)}"
         return None
 
     def _drink(self, max_states: int = 12000):
@@ -406,14 +406,14 @@ class ExpertAgent:
             self.shelter_fails = 0
         if self.shelter is None:
             if vitals["energy"] <= 1:
-                return ["sleep"], "subgoal: sleep — exhausted, no shelter possible"
+                return ["sleep"], "subgoal: sleep, exhausted, no shelter possible"
             return None
         pocket, ring, exit_cell = self.shelter
         open_ring = [c for c in ring if self.map.get(c) in WALKABLE]
         if not open_ring and self.pos in pocket:
             if vitals["energy"] < ITEM_MAX["energy"]:
-                return ["sleep"] * self.max_actions, "subgoal: sleep — walled in with stone"
-            return ["noop"] * self.max_actions, "subgoal: wait for daylight — walled in"
+                return ["sleep"] * self.max_actions, "subgoal: sleep, walled in with stone"
+            return ["noop"] * self.max_actions, "subgoal: wait for daylight, walled in"
         if not self.has("stone", len(open_ring)):
             self.shelter = None
             return None
@@ -422,7 +422,7 @@ class ExpertAgent:
         if todo == [exit_cell]:
             path = self._search(lambda pos, facing: pos in pocket and add(pos, facing) == exit_cell
                                 and exit_cell not in self.objects, 3000)
-            plan = None if path is None else (path + ["place_stone"], "subgoal: wall in for the night — close the entrance")
+            plan = None if path is None else (path + ["place_stone"], "subgoal: wall in for the night, close the entrance")
         else:
             plan = self._go_place("place_stone", "wall in for the night", where=lambda c: c in todo)
         if plan is None:
@@ -499,10 +499,10 @@ class ExpertAgent:
                 continue
             needed = set(recipe["nearby"])
             if needed <= self.near_stations():
-                return [f"make_{tool}"], f"subgoal: make {tool} — at the {' and '.join(sorted(needed))}"
+                return [f"make_{tool}"], f"subgoal: make {tool}, at the {' and '.join(sorted(needed))}"
             path = self._search(lambda pos, facing: needed <= self.near_stations(pos), 1500)
             if path is not None and len(path) <= NEAR:
-                return path + [f"make_{tool}"], f"subgoal: make {tool} — walk to the {' and '.join(sorted(needed))}"
+                return path + [f"make_{tool}"], f"subgoal: make {tool}, walk to the {' and '.join(sorted(needed))}"
             if "table" in needed and not self._table_near():
                 plan = self._place_table()
                 if plan:
@@ -554,7 +554,7 @@ class ExpertAgent:
                             and add(pos, facing) not in self.objects, 1500)
         if path is None:
             return None
-        return path + ["place_furnace"], "subgoal: place furnace — next to the table"
+        return path + ["place_furnace"], "subgoal: place furnace, next to the table"
 
     def _furnace_near(self) -> bool:
         path = self._search(lambda pos, facing: {"table", "furnace"} <= self.near_stations(pos), 1500)
@@ -572,7 +572,7 @@ class ExpertAgent:
         if plan is None:
             return None
         self.sapling_tries += 1
-        return plan + ["do"] * self.max_actions, "subgoal: collect sapling — search the grass"
+        return plan + ["do"] * self.max_actions, "subgoal: collect sapling, search the grass"
 
     def _stone_needed(self) -> int:
         need = sum(MAKE[t]["uses"].get("stone", 0) for t in self._missing_tools())
@@ -612,7 +612,7 @@ class ExpertAgent:
                              and manhattan(c, target) < manhattan(self.pos, target), 2000)
         if path is None:
             return None
-        return path + ["do"], f"subgoal: {reason} — tunnel toward {name} {self.where(target)}"
+        return path + ["do"], f"subgoal: {reason}, tunnel toward {name} {self.where(target)}"
 
     def _collect_coal(self):
         coal_needed = sum(MAKE[t]["uses"].get("coal", 0) for t in self._missing_tools())
@@ -659,7 +659,7 @@ class ExpertAgent:
                 path = self._search(lambda pos, facing: pos == best, 8000)
                 if path:
                     self.explore_stuck = 0 if manhattan(best, goal) < manhattan(self.pos, goal) else self.explore_stuck + 1
-                    return path, f"subgoal: explore — heading {self.where(goal)}"
+                    return path, f"subgoal: explore, heading {self.where(goal)}"
             self.explore_stuck = 3
         return self._dig_out()
 
@@ -669,9 +669,9 @@ class ExpertAgent:
             path = self._go_face(lambda c: self.map.get(c) in ("stone", "coal", "iron")
                                  and uses_met(self.inventory, COLLECT[self.map[c]]["require"]), 40)
             if path is not None:
-                return path + ["do"], "subgoal: dig out — mine the wall"
+                return path + ["do"], "subgoal: dig out, mine the wall"
         d = self.random.choice(DIRS)
-        return [MOVE_FOR[d]], "subgoal: explore — no known way, try a direction"
+        return [MOVE_FOR[d]], "subgoal: explore, no known way, try a direction"
 
     SUBGOALS = (
         _while_sleeping,

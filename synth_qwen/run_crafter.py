@@ -168,7 +168,7 @@ class Runner:
         self.run_id = run_id
         self.purpose = purpose
         self.tool_mode = settings.crafter_tool_mode
-        self.system = system_prompt(settings.crafter_actions_per_turn, self.tool_mode)
+        self.system = system_prompt(settings.crafter_actions_per_turn, self.tool_mode, settings.crafter_prompt)
         self.tools = [interact_tool(settings.crafter_actions_per_turn)] if self.tool_mode == "tools" else None
         self.builtin = settings.crafter_model in BUILTIN_POLICIES
         self.endpoint = None if self.builtin else EndpointPolicy(

@@ -186,6 +186,7 @@ class RolloutSettings(Settings):
     crafter_max_tokens: int = Field(512, ge=1, le=131_072)
     crafter_tool_mode: Literal["tools", "text"] = "tools"
     crafter_tool_choice: Literal["auto", "required", "none"] = "auto"
+    crafter_prompt: Literal["full", "compact"] = "full"  # compact: a one-line system prompt (tiny models)
     crafter_think: bool | None = None  # sent as chat_template_kwargs.enable_thinking when set
     crafter_run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@-]{1,200}$")
     crafter_db_url: str = DEFAULT_DB_URL

@@ -1,0 +1,176 @@
+"""Re-play a traced episode in Crafter, check that it reproduces, and write an animated GIF.
+
+    python -m synth_qwen.replay SESSION_ID [--db URL] [--out replays/SESSION_ID.gif] [--size 320] [--fps 8]
+
+The env is deterministic, so a trace's seed, difficulty and actions (session_timesteps, in step
+order) must reproduce its recorded reward and new achievements at every step. A divergence means
+a corrupted trace or one recorded by different game code: it is reported and the exit status is 1.
+Each frame shows the step, turn and action, and the achievements unlocked so far. `--out x.mp4`
+writes an MP4 when imageio can (pip install imageio-ffmpeg).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+from PIL import Image, ImageDraw, ImageFont
+
+from synth_qwen import tracing
+from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv
+from synth_qwen.settings import DEFAULT_DB_URL, exit_usage, load_dotenv_once, normalize_db_url
+
+FRAME_SIZE = 320  # pixels; the game area is square, the text banner goes above it
+FPS = 8
+LINE_HEIGHT = 14
+BANNER_LINES = 3  # the step line, then two lines of achievements
+REWARD_TOLERANCE = 1e-9  # rewards are multiples of 0.1 stored as floats: exact in practice
+
+
+@dataclass
+class Trace:
+    session: dict
+    steps: list[dict]  # session_timesteps rows in step order
+
+
+def load_trace(engine: sa.Engine, session_id: str) -> Trace:
+    """The session row and its env steps; LookupError (one line) when there is nothing to replay."""
+    found = tracing.sessions(engine, tracing.session_traces.c.session_id == session_id)
+    if not found:
+        raise LookupError(f"no session {session_id!r} in the trace DB")
+    if found[0]["status"] == "incomplete":
+        raise LookupError(f"session {session_id} never finished (status incomplete): nothing to replay")
+    table = tracing.session_timesteps
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table).where(table.c.session_id == session_id).order_by(table.c.step_index))
+        return Trace(found[0], [dict(row._mapping) for row in rows])
+
+
+def replay(trace: Trace, size: int | None = None) -> tuple[list[np.ndarray], str | None]:
+    """Re-play the trace; returns the frames (only when `size` is given) and the first divergence
+    from the trace as one line, or None when every step reproduced exactly."""
+    session = trace.session
+    env = CrafterEnv(seed=session["seed"], difficulty=session["difficulty"])
+    env.reset()
+    unlocked: list[str] = []
+    frames = [frame(env, size, "start", unlocked, [])] if size else []
+    total_reward = 0.0
+    for row in trace.steps:
+        result = env.step(row["action"])
+        recorded_new = list(row["new_achievements"] or [])
+        if (env.steps != row["step_index"] or abs(result.reward - row["reward"]) > REWARD_TOLERANCE
+                or list(result.new_achievements) != recorded_new or result.end_reason != row["done_reason"]):
+            return frames, (f"step {row['step_index']} (turn {row['turn']}, {row['action']}): the trace records "
+                            f"reward {row['reward']:+.1f}, new achievements {recorded_new or 'none'}, end "
+                            f"{row['done_reason']}; the replay gives reward {result.reward:+.1f}, new "
+                            f"achievements {list(result.new_achievements) or 'none'}, end {result.end_reason}")
+        total_reward += result.reward
+        unlocked.extend(result.new_achievements)
+        if size:
+            label = f"step {env.steps}  turn {row['turn']}  {row['action']}"
+            frames.append(frame(env, size, label, unlocked, result.new_achievements))
+    recorded = sorted(session["achievements"] or [])
+    if recorded != list(env.achievements):
+        return frames, (f"end of episode: the trace records achievements {recorded}, "
+                        f"the replay unlocked {list(env.achievements)}")
+    if abs(total_reward - (session["total_reward"] or 0.0)) > 1e-6:
+        return frames, (f"end of episode: the trace records total reward {session['total_reward']}, "
+                        f"the replay gives {total_reward:.6g}")
+    return frames, None
+
+
+def banner_font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+FONT = banner_font()
+
+
+def frame(env: CrafterEnv, size: int, label: str, unlocked: list[str], new) -> np.ndarray:
+    """The rendered game under a banner: step, turn, action, achievement count (gold when one was
+    just unlocked); then the achievements so far, newest last."""
+    banner = LINE_HEIGHT * BANNER_LINES + 4
+    canvas = Image.new("RGB", (size, size + banner), (20, 20, 20))
+    canvas.paste(Image.fromarray(env.render((size, size))), (0, banner))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), label, fill="white", font=FONT)
+    count = f"{len(unlocked)}/{len(ACHIEVEMENTS)} achievements"
+    gold_if_new = (255, 215, 0) if new else "white"
+    draw.text((size - 4 - draw.textlength(count, font=FONT), 2), count, fill=gold_if_new, font=FONT)
+    lines = textwrap.wrap(", ".join(unlocked) or "no achievements yet", width=max(20, size // 7))
+    if len(lines) > 2:  # keep the newest: they end the list
+        lines = ["… " + lines[-2], lines[-1]]
+    for i, line in enumerate(lines):
+        draw.text((4, 2 + LINE_HEIGHT * (i + 1)), line, fill=(180, 220, 180), font=FONT)
+    return np.asarray(canvas)
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: int = FPS) -> None:
+    """GIF (looping) by default; MP4 when the path says so and an imageio video plugin exists."""
+    import imageio.v3 as iio  # a dependency of crafter itself
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".mp4":
+        try:
+            iio.imwrite(path, np.stack(frames), fps=fps, macro_block_size=1)
+        except (ImportError, ValueError, RuntimeError, OSError):
+            raise RuntimeError("cannot write MP4: imageio has no video backend here; "
+                               "pip install imageio-ffmpeg, or use --out x.gif") from None
+        return
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+
+
+def replay_to_file(engine: sa.Engine, session_id: str, path: Path, size: int = FRAME_SIZE) -> str | None:
+    """Re-play one session into `path`; the divergence line when it did not reproduce (no file then)."""
+    frames, divergence = replay(load_trace(engine, session_id), size)
+    if divergence is None:
+        write_video(frames, path)
+    return divergence
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m synth_qwen.replay", description=__doc__.split("\n")[0])
+    parser.add_argument("session_id")
+    parser.add_argument("--db", help=f"trace DB URL (default: CRAFTER_DB_URL, else {DEFAULT_DB_URL})")
+    parser.add_argument("--out", type=Path, help="output file, .gif or .mp4 (default: replays/SESSION_ID.gif)")
+    parser.add_argument("--size", type=int, default=FRAME_SIZE, help=f"frame width in pixels (default {FRAME_SIZE})")
+    parser.add_argument("--fps", type=int, default=FPS, help=f"frames per second (default {FPS})")
+    args = parser.parse_args(argv)
+    load_dotenv_once()
+    db_url = args.db or os.environ.get("CRAFTER_DB_URL", "").strip() or DEFAULT_DB_URL
+    try:
+        engine = tracing.open_db(normalize_db_url(db_url), create=False)
+        trace = load_trace(engine, args.session_id)
+    except ValueError as error:
+        exit_usage(f"trace DB URL {db_url!r} is invalid: {error}")
+    except (tracing.MissingDatabase, LookupError) as error:
+        exit_usage(str(error))
+    session = trace.session
+    print(f"replaying {args.session_id}: {session['model']} on {session['difficulty']}, seed {session['seed']}, "
+          f"{len(trace.steps)} env steps", file=sys.stderr)
+    frames, divergence = replay(trace, args.size)
+    if divergence:
+        print(f"error: the replay does not reproduce the trace at {divergence}. The trace is corrupted, or it "
+              f"was recorded by different game code (crafter version, difficulty presets).", file=sys.stderr)
+        return 1
+    out = args.out or Path("replays") / f"{args.session_id}.gif"
+    try:
+        write_video(frames, out, args.fps)
+    except RuntimeError as error:
+        exit_usage(str(error))
+    print(f"reproduced exactly: {len(trace.steps)} steps, reward {session['total_reward']:+.1f}, "
+          f"achievements: {', '.join(session['achievements'] or []) or 'none'}")
+    print(f"wrote {out} ({len(frames)} frames, {args.fps} fps)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
