@@ -65,7 +65,7 @@ SAFE_START_RADIUS = 6  # preset edits never put lava or hostiles this close to t
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 COMPASS = {(-1, 0): "west", (1, 0): "east", (0, -1): "north", (0, 1): "south"}
 MOVE_FOR = {(-1, 0): "move_left", (1, 0): "move_right", (0, -1): "move_up", (0, 1): "move_down"}
-# Things worth walking to and facing; the observation names the first step toward the nearest.
+# Things worth walking to and facing; the observation shows the route to the nearest one.
 TARGETS = ("tree", "water", "stone", "coal", "iron", "diamond", "cow", "zombie", "skeleton",
            "ripe plant", "sapling")
 
@@ -371,13 +371,36 @@ def offset_text(dx: int, dy: int) -> str:
     return " ".join(parts)
 
 
-def step_toward(dx: int, dy: int, facing: tuple[int, int]) -> str:
-    """The first action toward a target at (dx, dy): 'do' if it is in front of you."""
-    if (dx, dy) == tuple(facing):
-        return "do"
-    if abs(dx) >= abs(dy) and dx:
-        return MOVE_FOR[(int(np.sign(dx)), 0)]
-    return MOVE_FOR[(0, int(np.sign(dy)))]
+SEARCH_ORDER = ((0, 1), (-1, 0), (1, 0), (0, -1))  # south first: ties break the same way everywhere
+WALKABLE = frozenset(constants.walkable)
+HINT_LENGTH = 5  # the route shown per target: at most this many actions (the default turn size)
+
+
+def route_to(view: dict, facing: tuple[int, int], name: str) -> list[str] | None:
+    """The shortest action sequence, inside the visible window, that ends facing the nearest `name`
+    and acts on it (`do`). Breadth-first over (position, facing): a move onto open ground moves,
+    a move toward anything else only turns; lava and cells outside the view are never entered."""
+    start = ((0, 0), tuple(facing))
+    parent = {start: None}
+    queue = [start]
+    for state in queue:
+        (x, y), looking = state
+        if view.get((x + looking[0], y + looking[1])) == name:
+            moves = []
+            while parent[state] is not None:
+                state, move = parent[state]
+                moves.append(move)
+            return moves[::-1] + ["do"]
+        for d in SEARCH_ORDER:
+            ahead = (x + d[0], y + d[1])
+            cell = view.get(ahead)
+            if cell is None or cell == "lava":
+                continue
+            new = (ahead if cell in WALKABLE else (x, y), d)
+            if new not in parent:
+                parent[new] = (state, MOVE_FOR[d])
+                queue.append(new)
+    return None
 
 
 def observation_text(obs: Observation) -> str:
@@ -402,8 +425,8 @@ def observation_text(obs: Observation) -> str:
     by_distance = sorted(groups.items(), key=lambda item: min(abs(x) + abs(y) for x, y in item[1]))
     for name, cells in by_distance:
         cells.sort(key=lambda c: (abs(c[0]) + abs(c[1]), c))
-        nearest = cells[0]
-        hint = f" (nearest: {step_toward(*nearest, obs.facing)})" if name in TARGETS else ""
+        route = route_to(obs.view, obs.facing, name) if name in TARGETS else None
+        hint = f" (go: {' '.join(route[:HINT_LENGTH])})" if route else ""
         lines.append(f"- {name}: " + ", ".join(offset_text(*c) for c in cells) + hint)
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from collections import deque
 
 from crafter import constants
 
-from synth_qwen.crafter_env import MOVE_FOR, VIEW_HEIGHT, VIEW_WIDTH, Observation, offset_text
+from synth_qwen.crafter_env import MOVE_FOR, SEARCH_ORDER, VIEW_HEIGHT, VIEW_WIDTH, Observation, offset_text
 
 # ---------------------------------------------------------------------------------------
 # Game data, read from crafter's own tables
@@ -31,7 +31,7 @@ WALKABLE = frozenset(constants.walkable)          # grass, sand, path: where the
 CREATURES = frozenset({"cow", "zombie", "skeleton", "arrow"})
 PLANTS = frozenset({"sapling", "ripe plant"})
 HOSTILE = frozenset({"zombie", "skeleton", "arrow"})
-DIRS = ((0, 1), (-1, 0), (1, 0), (0, -1))        # south first: the player starts facing south
+DIRS = SEARCH_ORDER                                # the observation's routes break ties the same way
 MOVE_DIR = {name: d for d, name in MOVE_FOR.items()}
 COLLECT = constants.collect
 PLACE = constants.place

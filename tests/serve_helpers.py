@@ -86,10 +86,10 @@ def wait_for_job(client, job_id: str, timeout_s: float = 240):
 # SFT examples: per-turn, in DESIGN §4.2 shape, from real Crafter observations.
 
 def hinted_action(observation_text: str, rng: random.Random) -> str:
-    """A plausible teacher: follow the first '(nearest: move_x)' hint, else a random move."""
+    """A plausible teacher: the first step of the first '(go: …)' route, else a random move."""
     for line in observation_text.splitlines():
-        if "(nearest: " in line and not line.lstrip("- ").startswith(("zombie", "skeleton", "lava")):
-            return line.split("(nearest: ")[1].rstrip(")")
+        if "(go: " in line and not line.lstrip("- ").startswith(("zombie", "skeleton", "lava")):
+            return line.split("(go: ")[1].rstrip(")").split()[0]
     return rng.choice(["move_left", "move_right", "move_up", "move_down"])
 
 

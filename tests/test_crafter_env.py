@@ -117,9 +117,9 @@ def test_observation_names_what_was_arranged():
     obs = arranged_env().observe()
     text = obs.text
     assert "everything else is grass" in text
-    assert "- tree: 2E (nearest: move_right)" in text
-    assert "- cow: 1N (nearest: move_up)" in text
-    assert "- water: 3W 2S (nearest: move_left)" in text
+    assert "- tree: 2E (go: move_right do)" in text
+    assert "- cow: 1N (go: move_up do)" in text  # facing south: turn north first, then hit
+    assert "- water: 3W 2S (go: move_down move_down move_left move_left do)" in text
     assert "You face south; in front of you: grass." in text
     assert "health 9/9, food 9/9, drink 9/9, energy 9/9" in text
     assert "Step 0, day." in text
