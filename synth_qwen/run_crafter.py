@@ -46,8 +46,10 @@ class RunResult:
 class Episode:
     """Plays one seed to the end and returns the rows to trace."""
 
-    def __init__(self, settings: RolloutSettings, seed: int, agent, system: str, tool_mode: str):
+    def __init__(self, settings: RolloutSettings, seed: int, agent, system: str, tool_mode: str,
+                 on_turn=lambda: None):
         self.s = settings
+        self.on_turn = on_turn
         self.seed = seed
         self.agent = agent
         self.system = system
@@ -83,6 +85,7 @@ class Episode:
             history = self.history[-self.s.crafter_history:] if self.s.crafter_history else []
             request = tracing.request_messages(self.system, self.by_turn, turn, history)
             reply: Reply = await self.agent.act(request, observation, turn)
+            self.on_turn()
             event = {"turn": turn, "event_type": "lm_call", "model": self.s.crafter_model,
                      "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                      "cost_usd": reply.cost_usd, "latency_s": round(reply.latency_s, 6),
@@ -191,7 +194,7 @@ class Runner:
         decide = BUILTIN_DECIDERS[self.s.crafter_model](seed, self.s.crafter_actions_per_turn)
         return BuiltinAgent(decide, self.tool_mode, session_id[-8:])
 
-    async def episode(self, index: int, seed: int) -> tuple[dict, bool]:
+    async def episode(self, index: int, seed: int, progress: "RunProgress") -> tuple[dict, bool]:
         session_id = "sess_" + uuid.uuid4().hex[:20]
         await self.write(tracing.register_session, self.engine, {
             "session_id": session_id, "experiment_id": self.run_id, "run_id": self.run_id, "seed": seed,
@@ -202,7 +205,8 @@ class Runner:
                          "actions_per_turn": self.s.crafter_actions_per_turn, "history": self.s.crafter_history,
                          "tool_mode": self.tool_mode}})
         self.in_flight.add(session_id)
-        episode = Episode(self.s, seed, self.agent_for(seed, session_id), self.system, self.tool_mode)
+        episode = Episode(self.s, seed, self.agent_for(seed, session_id), self.system, self.tool_mode,
+                          progress.turn_done)
         await episode.play()
         summary = episode.summary()
         await self.write(tracing.finish_session, self.engine, session_id, summary,
@@ -218,7 +222,7 @@ class Runner:
 
         async def bounded(index, seed):
             async with limit:
-                summary, unreachable = await self.episode(index, seed)
+                summary, unreachable = await self.episode(index, seed, progress)
             result.played += 1
             result.unreachable += unreachable
             progress.episode_done(summary)
@@ -256,8 +260,11 @@ def pending_seeds(runner: Runner) -> tuple[list[int], int, int]:
 class RunProgress:
     """A rich bar on a terminal; one plain line per episode elsewhere (CI logs)."""
 
+    HEARTBEAT_S = 20  # in plain mode, a line at least this often while turns are being played
+
     def __init__(self, total: int, label: str):
         self.total, self.label, self.done = total, label, []
+        self.turns, self.started, self.last_line = 0, time.monotonic(), time.monotonic()
         self.bar = None
         if console.is_terminal and total:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -282,7 +289,16 @@ class RunProgress:
                 f"invalid {100 * sum(d['invalid_turns'] for d in self.done) / turns:.1f}% | "
                 f"tok/turn {tokens / turns:.0f}")
 
+    def turn_done(self) -> None:
+        self.turns += 1
+        now = time.monotonic()
+        if not self.bar and now - self.last_line >= self.HEARTBEAT_S:
+            self.last_line = now
+            print(f"[{self.label}] {len(self.done)}/{self.total} episodes done, {self.turns} turns played, "
+                  f"{now - self.started:.0f}s", file=sys.stderr, flush=True)
+
     def episode_done(self, summary: dict) -> None:
+        self.last_line = time.monotonic()
         self.done.append(summary)
         if self.bar:
             self.bar.update(self.task, advance=1, means=self.means())

@@ -390,7 +390,8 @@ async def run_job(app: web.Application, job: dict) -> None:
         job.update(fine_tuned_model=name, trained_tokens=result["trained_tokens"], output_dir=result["output_dir"],
                    result_files=[metrics_file["id"]])
         store.add_event(job["id"], f"New fine-tuned model created: {name} ({result['tokens_per_second']:.0f} "
-                                   "training tokens/s)", data={"tokens_per_second": result["tokens_per_second"]})
+                                   "training tokens/s)", data={key: result.get(key) for key in (
+                                       "tokens_per_second", "steady_tokens_per_second", "train_seconds")})
         return finish_job(store, job, "succeeded")
     finish_job(store, job, "failed", {"code": "training_failed", "param": None, "message": error_message or
                                       f"training worker exited with status {returncode}; see {job_dir}/worker.log"})

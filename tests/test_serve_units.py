@@ -40,3 +40,34 @@ def test_labels_cover_only_trained_assistant_turns(tmp_path):
     assert trained == ('<tool_call>\n{"name": "interact", "arguments": ' + final_call["arguments"] +
                        "}\n</tool_call><|im_end|>\n")
     assert len(row["input_ids"]) == len(row["labels"]) > 300
+
+
+def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
+    """Rows prefilled alone (with the shared-prefix cache), joined mid-decode, left-padded and
+    dropped when done answer exactly as `model.generate` (greedy) and as a solo run (sampled, seeded)."""
+    import torch
+
+    from synth_qwen.inference_worker import Batch, Models, generate_batch, prompt_ids
+
+    model, tokenizer, stop_ids, _ = Models(1, "cpu").get({"key": "t", "kind": "tiny", "size": "micro",
+                                                          "data_dir": str(tmp_path)})
+    examples = crafter_examples(12, seed=5)
+    requests = [{"id": i, "messages": examples[i * 5]["messages"][:-1], "tools": examples[i * 5]["tools"],
+                 "max_tokens": 6 + 5 * i, "temperature": 0} for i in range(3)]
+    for request, answer in zip(requests, generate_batch(model, tokenizer, stop_ids, requests, "cpu")):
+        ids = torch.tensor([prompt_ids(tokenizer, request)])
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                  max_new_tokens=request["max_tokens"], eos_token_id=stop_ids)[0, ids.shape[1]:]
+        assert answer["usage"]["completion_tokens"] == len(expected)
+        assert answer["message"]["content"] == (tokenizer.decode(expected, skip_special_tokens=True).strip() or None)
+
+    sampled = [{**request, "temperature": 1.0, "seed": 40 + i} for i, request in enumerate(requests)]
+    solo = [generate_batch(model, tokenizer, stop_ids, [request], "cpu")[0] for request in sampled]
+    batch, answers = Batch(model, tokenizer, stop_ids), []
+    batch.add(sampled[2])
+    answers += batch.step() + batch.step()
+    batch.add(sampled[0])  # joins a running row, shorter prompt or longer: both get left-padded
+    batch.add(sampled[1])
+    while batch.rows:
+        answers += batch.step()
+    assert sorted(answers, key=lambda answer: answer["id"]) == solo
