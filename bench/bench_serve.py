@@ -1,14 +1,25 @@
-"""Benchmark `serve` against plain PyTorch, side by side in one run (tiny model, CPU).
+"""Benchmark `serve` on the tiny model (CPU), everything side by side in one run (~4 minutes).
 
     .venv/bin/python bench/bench_serve.py
 
-1. training tokens/s: a service job vs a plain PyTorch loop on the same model, data and batch
-   (target ratio >= 0.6);
-2. generation ms/token after a ~600-token prompt (in the inference worker's decoding loop);
-3. chat throughput through the server (turns/s) at concurrency 1 vs 16.
+1. training tokens/s: service jobs vs a plain PyTorch loop on the same model, data, batch,
+   optimizer and torch thread count, alternated (ROUNDS each, medians). Steady state: tokens
+   after the first step / time after the first step; only non-padding tokens count. The service
+   number is measured inside the job's worker around TRL's steps (so it includes the trainer's
+   per-step work: collation, loss on assistant tokens, metrics), not the worker's start-up,
+   tokenization or model loading; the whole-`train()` figure is printed too.
+2. generation ms/token after a 600-token prompt, in the inference worker's own decoding loop:
+   warm-up, then the median over GEN_RUNS greedy runs of GEN_TOKENS tokens (stop tokens off),
+   timing only the decode steps after the prefill (printed apart).
+3. chat turns/s through the real server and the openai client at concurrency 1, 8, 16, 32, each
+   worker playing turns in a row like a Crafter episode (~800-token prompts). Two reply shapes:
+   every reply runs to max_tokens=100 (the random-init base model never stops), and replies of
+   40-80 tokens (max_tokens drawn per turn, like fine-tuned tool calls of varying length).
+   Concurrencies are interleaved over CHAT_REPEATS rounds; medians.
 """
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 import tempfile
@@ -24,77 +35,89 @@ from openai import OpenAI  # noqa: E402
 from serve_helpers import Server, crafter_examples, wait_for_job, write_jsonl  # noqa: E402
 
 SIZE = "small"
-EXAMPLES, BATCH, EPOCHS = 64, 4, 1
-REPLY_TOKENS = 40
-TURNS_PER_WORKER = {1: 8, 16: 2}
+EXAMPLES, BATCH, ROUNDS = 48, 4, 2
+PROMPT_TOKENS, GEN_TOKENS, GEN_RUNS = 600, 64, 7
+CONCURRENCY = (1, 8, 16, 32)
+TURNS = {1: 8, 8: 3, 16: 2, 32: 2}  # turns per worker
+CHAT_REPEATS = 2
+REPLY_SHAPES = {"to max_tokens=100": lambda rng: 100, "40-80 tokens": lambda rng: rng.randint(40, 80)}
 
 
-def service_training(client, data_path: Path) -> tuple[float, str]:
+def service_training(client, data_path: Path) -> dict:
     training_file = client.files.create(file=data_path.open("rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="local/tiny-qwen3", training_file=training_file.id, seed=0,
-                                         hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH})
+                                         hyperparameters={"n_epochs": 1, "batch_size": BATCH})
     job = wait_for_job(client, job.id, timeout_s=900)
     assert job.status == "succeeded", job.error
-    event = next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if "tokens_per_second" in e.data)
-    return event.data["tokens_per_second"], job.fine_tuned_model
+    return next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data
+                if "tokens_per_second" in (e.data or {})).data
 
 
-def plain_training(data_dir: Path, examples: list[dict]) -> float:
-    """The same model, data, batch and optimizer in a hand-written loop."""
+def plain_training(model_dir: Path, examples: list[dict]) -> float:
+    """The same model, data, batch and optimizer in a hand-written loop; steady-state tokens/s."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from synth_qwen import tiny_model
-    from synth_qwen.train_worker import TRAINING_DEFAULTS, encode_example
+    from synth_qwen.train_worker import TRAINING_DEFAULTS, encode_example, limit_cpu_threads
 
-    path = tiny_model.ensure(data_dir, SIZE)
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-    template = tiny_model.chat_template("training")
-    rows = [encode_example(tokenizer, template, example, 2048) for example in examples]
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    limit_cpu_threads(model, "cpu")  # the service worker's thread count
+    rows = [encode_example(tokenizer, tiny_model.chat_template("training"), example, 2048) for example in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING_DEFAULTS["tiny"]["learning_rate"])
     model.train()
-    started, tokens = time.perf_counter(), 0
-    for _ in range(EPOCHS):
-        for start in range(0, len(rows), BATCH):
-            batch = rows[start:start + BATCH]
-            width = max(len(row["input_ids"]) for row in batch)
-            ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in batch])
-            labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
-            mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            tokens += sum(len(r["input_ids"]) for r in batch)
-    return tokens / (time.perf_counter() - started)
+    marks = []  # (time, tokens) after each step
+    tokens = 0
+    for start in range(0, len(rows), BATCH):
+        batch = rows[start:start + BATCH]
+        width = max(len(row["input_ids"]) for row in batch)
+        ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in batch])
+        labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        tokens += int(mask.sum())
+        marks.append((time.perf_counter(), tokens))
+    return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
 
 
-def generation_ms_per_token(data_dir: Path, example: dict) -> tuple[float, int]:
-    from synth_qwen.inference_worker import Models, generate_batch, prompt_ids
+def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float, float, int]:
+    """(decode ms/token, prefill ms, prompt tokens): greedy, fixed length, median of GEN_RUNS."""
+    from synth_qwen.inference_worker import Batch, Models, prompt_ids
 
-    model, tokenizer, stop_ids = Models(1, "cpu").get({"key": "tiny", "kind": "tiny", "size": SIZE,
-                                                        "data_dir": str(data_dir)})
-    request = {"id": 0, "messages": example["messages"][:-1], "tools": example["tools"], "temperature": 1.0}
-    prompt_length = len(prompt_ids(tokenizer, request))
-    timings = {}
-    for new_tokens in (1, 33):
-        runs = []
-        for seed in range(3):
-            started = time.perf_counter()
-            answer = generate_batch(model, tokenizer, [-1], [{**request, "max_tokens": new_tokens, "seed": seed}], "cpu")
-            runs.append(time.perf_counter() - started)
-            assert answer[0]["usage"]["completion_tokens"] == new_tokens
-        timings[new_tokens] = statistics.median(runs)
-    return (timings[33] - timings[1]) / 32 * 1000, prompt_length
+    model, tokenizer, _, _ = Models(1, "cpu").get({"key": "tiny", "kind": "tiny", "size": SIZE,
+                                                   "data_dir": str(data_dir)})
+    # System prompt + two observations, cut to PROMPT_TOKENS (with the tools schema it would start at ~700)
+    user = "\n\n".join(example["messages"][-2]["content"] for example in examples[:2])
+    messages = [examples[0]["messages"][0], {"role": "user", "content": user}]
+    request = {"id": 0, "messages": messages, "temperature": 0, "max_tokens": GEN_TOKENS}
+    while len(prompt_ids(tokenizer, request)) > PROMPT_TOKENS and len(messages[-1]["content"]) > 8:
+        messages[-1]["content"] = messages[-1]["content"][:-8]
+    prefills, decodes = [], []
+    for _ in range(GEN_RUNS + 1):  # the first run warms up
+        batch = Batch(model, tokenizer, [-1])  # no stop token: exactly GEN_TOKENS tokens; fresh prefix cache
+        started = time.perf_counter()
+        batch.add(request)
+        prefilled = time.perf_counter()
+        answers = []
+        while batch.rows:
+            answers += batch.step()
+        decodes.append((time.perf_counter() - prefilled) / GEN_TOKENS * 1000)
+        prefills.append((prefilled - started) * 1000)
+        assert answers[0]["usage"]["completion_tokens"] == GEN_TOKENS
+    return statistics.median(decodes[1:]), statistics.median(prefills[1:]), len(prompt_ids(tokenizer, request))
 
 
-def chat_throughput(client, model: str, examples: list[dict], concurrency: int) -> float:
+def chat_rate(client, examples: list[dict], concurrency: int, reply_tokens, seed: int) -> float:
     def episode(worker: int) -> int:
-        for turn in range(TURNS_PER_WORKER[concurrency]):
+        rng = random.Random(seed * 1000 + worker)
+        for turn in range(TURNS[concurrency]):
             example = examples[(worker * 7 + turn) % len(examples)]
-            client.chat.completions.create(model=model, messages=example["messages"][:-1], tools=example["tools"],
-                                           max_tokens=REPLY_TOKENS, temperature=1.0, seed=worker * 100 + turn)
-        return TURNS_PER_WORKER[concurrency]
+            client.chat.completions.create(model="local/tiny-qwen3", messages=example["messages"][:-1],
+                                           tools=example["tools"], max_tokens=reply_tokens(rng), temperature=1.0,
+                                           seed=rng.randrange(1 << 30))
+        return TURNS[concurrency]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -103,24 +126,44 @@ def chat_throughput(client, model: str, examples: list[dict], concurrency: int) 
 
 
 def main() -> None:
+    from synth_qwen import tiny_model
+
+    began = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench_serve-"))
     examples = crafter_examples(EXAMPLES, seed=11)
     data_path = write_jsonl(work / "train.jsonl", examples)
     server = Server(work / "data", serve_tiny_size=SIZE).start()
     try:
         client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600)
-        service_tps, _ = service_training(client, data_path)
-        plain_tps = plain_training(work / "data", examples)
-        print(f"training tokens/s   service job {service_tps:8.0f}   plain PyTorch loop {plain_tps:8.0f}   "
-              f"ratio {service_tps / plain_tps:.2f} (target >= 0.6)")
-        ms_per_token, prompt_length = generation_ms_per_token(work / "data", examples[0])
-        print(f"generation          {ms_per_token:.1f} ms/token after a {prompt_length}-token prompt")
+        service, plain = [], []
+        for _ in range(ROUNDS):  # alternated, so both see the same machine load
+            service.append(service_training(client, data_path))
+            plain.append(plain_training(tiny_model.ensure(work / "data", SIZE), examples))
+        steady = statistics.median(result["steady_tokens_per_second"] for result in service)
+        whole = statistics.median(result["tokens_per_second"] for result in service)
+        print(f"training tokens/s (steady state, medians of {ROUNDS}, {EXAMPLES} examples, batch {BATCH})\n"
+              f"  service job {steady:6.0f}   plain PyTorch loop {statistics.median(plain):6.0f}   "
+              f"ratio {steady / statistics.median(plain):.2f} (target >= 0.6)\n"
+              f"  service job over its whole train() call (first step and epoch checkpoint included): {whole:.0f}",
+              flush=True)
+
+        ms_per_token, prefill_ms, prompt_length = generation_ms_per_token(work / "data", examples)
+        print(f"generation  {ms_per_token:.1f} ms/token (greedy, {GEN_TOKENS} tokens, median of {GEN_RUNS}) "
+              f"after a {prompt_length}-token prompt; prefill {prefill_ms:.0f} ms", flush=True)
+
         client.chat.completions.create(model="local/tiny-qwen3", messages=examples[0]["messages"][:-1], max_tokens=1)
-        rates = {c: chat_throughput(client, "local/tiny-qwen3", examples, c) for c in TURNS_PER_WORKER}
-        print(f"chat throughput     concurrency 1: {rates[1]:.2f} turns/s   concurrency 16: {rates[16]:.2f} turns/s   "
-              f"x{rates[16] / rates[1]:.1f} ({REPLY_TOKENS}-token replies)")
+        print(f"chat turns/s through the server (openai client; medians of {CHAT_REPEATS}, interleaved)")
+        for shape, reply_tokens in REPLY_SHAPES.items():
+            rates = {c: [] for c in CONCURRENCY}
+            for repeat in range(CHAT_REPEATS):
+                for concurrency in CONCURRENCY:
+                    rates[concurrency].append(chat_rate(client, examples, concurrency, reply_tokens, repeat))
+            medians = {c: statistics.median(r) for c, r in rates.items()}
+            print(f"  replies {shape:18s} " + "   ".join(
+                f"c={c}: {rate:5.2f} (x{rate / medians[1]:.1f})" for c, rate in medians.items()), flush=True)
     finally:
         server.stop()
+    print(f"bench took {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":

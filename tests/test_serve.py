@@ -116,8 +116,9 @@ def test_training_changes_what_the_model_says(client, tmp_path):
     A tiny model trained from scratch for a dozen CPU steps does not yet emit a clean tool call
     (measured: even ~40 steps of the 3.4M "small" model give malformed JSON), so this test checks
     what such a short run does guarantee: the training loss of the last steps is well below that of
-    the first, the fine-tuned model's greedy answer differs from the base model's and starts a
-    tool-call JSON object ('"name"'), and anything returned as a tool call is well-formed.
+    the first, the fine-tuned model's greedy answer differs from the base model's and opens a tool call
+    (`<tool_call>`), which the untrained model does not, and anything returned as a tool call is
+    well-formed.
     """
     rows = crafter_examples(24, seed=3)
     training_file = upload(client, tmp_path, rows)
@@ -139,7 +140,9 @@ def test_training_changes_what_the_model_says(client, tmp_path):
         for call in message.tool_calls or []:  # whatever comes back as a tool call is well-formed
             assert call.id.startswith("call_") and isinstance(json.loads(call.function.arguments), dict)
     assert answers[TINY] != answers[job.fine_tuned_model]
-    assert '"name"' in (answers[job.fine_tuned_model][0] or "") or answers[job.fine_tuned_model][1]
+    content, calls = answers[job.fine_tuned_model]
+    assert calls or (content or "").lstrip().startswith("<tool_call>")  # it learned to open a tool call
+    assert "<tool_call>" not in (answers[TINY][0] or "")  # which the untrained model does not do
 
 
 def test_concurrent_chat_requests_are_all_answered(client):
