@@ -59,10 +59,9 @@ def plain_training(model_dir: Path, examples: list[dict]) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from synth_qwen import tiny_model
-    from synth_qwen.train_worker import TRAINING_DEFAULTS, encode_example, limit_cpu_threads
+    from synth_qwen.train_worker import TRAINING_DEFAULTS, encode_example
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
-    limit_cpu_threads(model, "cpu")  # the service worker's thread count
     rows = [encode_example(tokenizer, tiny_model.chat_template("training"), example, 2048) for example in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING_DEFAULTS["tiny"]["learning_rate"])
     model.train()

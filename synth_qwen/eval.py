@@ -24,7 +24,7 @@ from rich.table import Table
 from synth_qwen import metrics, stats, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.replay import replay_to_file
-from synth_qwen.run_crafter import console, new_run_id, play, run_summary
+from synth_qwen.run_crafter import console, never_reached_policy, new_run_id, play, run_summary
 from synth_qwen.settings import (BUILTIN_POLICIES, EvalSettings, SettingsError, exit_usage, inference_base_url,
                                  install_sigterm_as_interrupt, load)
 
@@ -108,8 +108,9 @@ def stored_runs(settings: EvalSettings) -> list[ModelRun]:
 
 
 def evaluable(run: ModelRun) -> bool:
-    """False when no episode ever acted (e.g. the endpoint was unreachable): nothing to measure."""
-    return any(s["env_steps"] or s["status"] != "agent_error" for s in run.sessions)
+    """False when no episode ever reached its policy (e.g. the endpoint was unreachable). A model that
+    answered but only with invalid turns is evaluable: scoring nothing is its result."""
+    return any(not never_reached_policy(s) for s in run.sessions)
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,11 +382,11 @@ def main() -> int:
     for run in runs:
         if not evaluable(run):
             reason = run.sessions[0]["status_reason"] if run.sessions else "no finished episode"
-            console.print(f"warning: {run.model} (run {run.run_id}) left out of the report: no episode acted "
+            console.print(f"warning: {run.model} (run {run.run_id}) left out of the report: it never answered "
                           f"({reason})", highlight=False)
     runs = [run for run in runs if run.sessions and evaluable(run)]
     if not runs:
-        console.print("error: nothing could be evaluated: no model finished an episode that acted", highlight=False)
+        console.print("error: nothing could be evaluated: no model ever answered", highlight=False)
         return 1
 
     console.print("computing confidence intervals…", highlight=False)

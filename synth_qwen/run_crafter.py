@@ -29,6 +29,12 @@ from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsErro
 
 console = Console(stderr=True)
 INTERRUPTED = "interrupted before the episode ended"
+CALL_FAILED = "LM call failed"
+
+
+def never_reached_policy(session: dict) -> bool:
+    """An episode that ended because its policy could not be called (not because it played badly)."""
+    return session["status"] == "agent_error" and (session["status_reason"] or "").startswith(CALL_FAILED)
 
 
 @dataclass
@@ -94,7 +100,7 @@ class Episode:
             self.events.append(event)
             if reply.error:
                 event.update(valid=False, invalid_reason="call failed")
-                self.status, self.status_reason = "agent_error", f"LM call failed on turn {turn}: {reply.error}"
+                self.status, self.status_reason = "agent_error", f"{CALL_FAILED} on turn {turn}: {reply.error}"
                 return
             message = reply.assistant_message()
             self.add_message(turn, "assistant", message["content"], message.get("tool_calls"))

@@ -31,17 +31,6 @@ LOGS_PER_RUN = 50  # metrics events per job, whatever its length
 METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "elapsed_s"]
 
 
-SMALL_MODEL_PARAMS = 100_000_000  # below this, CPU work runs on one torch thread (limit_cpu_threads)
-
-
-def limit_cpu_threads(model, device: str) -> None:
-    """One torch thread for a small model on CPU: its ops are too short to split, and on a shared
-    CPU two OpenMP threads wait on each other's time slices (measured on 2 busy cores, tiny
-    model: decode step 250 ms -> 3 ms, training 1.4k -> 3.3k tokens/s)."""
-    import torch
-
-    if device == "cpu" and model.num_parameters() < SMALL_MODEL_PARAMS:
-        torch.set_num_threads(1)
 
 
 def resolve_device(device: str) -> str:
@@ -241,7 +230,6 @@ def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
 
     device = resolve_device(spec["device"])
     cpu = device == "cpu"
-    limit_cpu_threads(model, device)
     steps_per_epoch = -(-len(rows) // hyper["batch_size"])
     config = SFTConfig(
         output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper["batch_size"],

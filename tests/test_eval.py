@@ -140,6 +140,18 @@ def test_endpoint_models_report_tokens_and_cost(tmp_path):
     assert "paired seeds" in report["comparisons"][0]["sentence"]
 
 
+def test_a_model_that_only_answers_invalid_turns_stays_the_baseline(tmp_path):
+    """An untrained model answers garbage: it scores 0, and it is still the model to compare with."""
+    with ScriptedEndpoint(always="no_tool_call") as endpoint:
+        done = run_eval(tmp_path, eval_models="garbage-model builtin:random", eval_episodes=3, crafter_max_steps=4,
+                        eval_report_dir=tmp_path / "r", eval_replays=0, openai_base_url=endpoint.base_url)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [m["model"] for m in report["models"]] == ["garbage-model", "builtin:random"]
+    assert report["models"][0]["invalid_turn_pct"] == 100.0
+    assert report["comparisons"][0]["baseline"] == "garbage-model"
+
+
 def test_nothing_evaluable_exits_1(tmp_path):
     done = run_eval(tmp_path, eval_models="model-a", eval_episodes=1, openai_base_url="http://127.0.0.1:9/v1",
                     crafter_max_retries=0, eval_report_dir=tmp_path / "r")
