@@ -24,7 +24,7 @@ quickstart: setup
 	bash scripts/quickstart.sh
 
 bench: setup
-	$(PY) bench/bench_crafter_env.py
+	for script in bench/bench_*.py bench/expert_quality.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info
