@@ -1,5 +1,6 @@
 """Helpers for tests that run the real run_crafter module (in-process or as a subprocess)."""
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,10 @@ def finished_count(db_path: Path) -> int:
         return sum(s["status"] != "incomplete" for s in db_sessions(db_path))
     except (tracing.MissingDatabase, sa.exc.OperationalError):
         return 0
+
+
+def wait_until_finished(db_path: Path, episodes: int, timeout_s: float = 120) -> None:
+    """Poll the DB of a running run_crafter until `episodes` episodes have finished."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and finished_count(db_path) < episodes:
+        time.sleep(0.2)

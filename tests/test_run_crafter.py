@@ -4,13 +4,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
 from synth_qwen import tracing
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
-from rollout_helpers import count_rows, db_sessions, finished_count, rollout_env, run_module
+from rollout_helpers import count_rows, db_sessions, rollout_env, run_module, wait_until_finished
 
 
 def run(tmp_path, endpoint=None, **values):
@@ -126,11 +125,7 @@ def test_killed_run_loses_no_finished_episode_and_resumes_without_duplicates(tmp
                           openai_api_key="sk-test")
         process = subprocess.Popen([sys.executable, "-m", "synth_qwen.run_crafter"], env=env, cwd=tmp_path,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if finished_count(db) >= 3:
-                break
-            time.sleep(0.2)
+        wait_until_finished(db, 3)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -158,11 +153,7 @@ def test_ctrl_c_keeps_finished_episodes_and_prints_how_to_resume(tmp_path):
                           crafter_concurrency=2, crafter_run_id="stop-me", openai_base_url=endpoint.base_url)
         process = subprocess.Popen([sys.executable, "-m", "synth_qwen.run_crafter"], env=env, cwd=tmp_path,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if finished_count(db) >= 2:
-                break
-            time.sleep(0.2)
+        wait_until_finished(db, 2)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
