@@ -10,7 +10,6 @@ finish_session; Crafter-sized observations, interact tool calls, tool answers, h
     python bench/bench_filter.py [--episodes 5000] [--turns 50] [--max-example-tokens N]
 """
 import argparse
-import os
 import random
 import shutil
 import sqlite3

@@ -22,7 +22,6 @@ from pathlib import Path
 from synth_qwen.crafter_env import CrafterEnv
 from synth_qwen.policy import random_decider
 from synth_qwen.run_crafter import play
-from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from synth_qwen.settings import RolloutSettings
 
 

@@ -482,9 +482,6 @@ def interact_tool(max_actions: int = 5) -> dict:
     }
 
 
-PROMPT_STYLES = ("full", "compact")
-
-
 def system_prompt(max_actions: int = 5, tool_mode: str = "tools", style: str = "full") -> str:
     """`full`: the rules paragraph + action names (for real LLMs). `compact`: one line, for tiny
     models that cannot use the rules and pay for every prompt token in training and inference."""

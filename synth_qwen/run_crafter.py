@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from synth_qwen import metrics, tracing
-from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, interact_tool, system_prompt
+from synth_qwen.crafter_env import ACHIEVEMENTS, INTERACT_TOOL_NAME, CrafterEnv, interact_tool, system_prompt
 from synth_qwen.policy import BUILTIN_DECIDERS, BuiltinAgent, EndpointPolicy, Reply, actions_from_reply
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsError, exit_usage, inference_api_key,
                                  inference_base_url, install_sigterm_as_interrupt, load)
@@ -65,6 +65,7 @@ class Episode:
         self.messages: list[dict] = []
         self.by_turn: dict[int, list[dict]] = {}
         self.history: list[int] = []  # valid turns, oldest first
+        self.env: CrafterEnv | None = None
         self.total_reward = 0.0
         self.invalid_turns = 0
         self.status, self.status_reason = "max_steps", None
@@ -144,23 +145,20 @@ class Episode:
         if end_reason:
             outcome += f" Episode over: {'you died' if end_reason == 'died' else 'time is up'}."
         if self.tool_mode == "tools":
-            first = True
+            executed_call = next(c for c in reply.tool_calls if c["function"]["name"] == INTERACT_TOOL_NAME)
             for call in reply.tool_calls:  # every call id gets its answer, or the history is invalid
-                answer = outcome if first and call["function"]["name"] == "interact" else \
-                    "Ignored: only the first interact call of a turn is executed."
-                first = first and call["function"]["name"] != "interact"
+                answer = outcome if call is executed_call else "Ignored: only the first interact call of a turn is executed."
                 self.add_message(turn, "tool", answer, tool_call_id=call["id"])
         else:
             self.add_message(turn, "user", f"Result: {outcome}")
         return end_reason
 
     def summary(self) -> dict:
-        calls = [e for e in self.events]
-        prompt = sum(e["prompt_tokens"] or 0 for e in calls)
-        completion = sum(e["completion_tokens"] or 0 for e in calls)
-        answered = [e for e in calls if not e["error"]]
+        prompt = sum(e["prompt_tokens"] or 0 for e in self.events)
+        completion = sum(e["completion_tokens"] or 0 for e in self.events)
+        answered = [e for e in self.events if not e["error"]]
         cost = None if any(e["cost_usd"] is None for e in answered) else sum(e["cost_usd"] or 0.0 for e in answered)
-        achievements = sorted(self.env._unlocked) if hasattr(self, "env") else []
+        achievements = list(self.env.achievements) if self.env else []
         return {"status": self.status, "status_reason": self.status_reason,
                 "total_reward": round(self.total_reward, 6), "achievements": achievements,
                 "num_achievements": len(achievements), "env_steps": len(self.timesteps),

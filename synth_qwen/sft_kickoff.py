@@ -158,7 +158,7 @@ def new_events(client: openai.OpenAI, job_id: str, seen: set[str]) -> list:
 
 def follow(client: openai.OpenAI, s: KickoffSettings, job_id: str, state_path: Path):
     """Poll until the job ends or SFT_TIMEOUT_S passes; each event is printed once."""
-    start, seen, failures = time.monotonic(), set(), 0
+    start, seen, failures, saved_status = time.monotonic(), set(), 0, None
     say(f"following job {job_id} (poll every {s.sft_poll_interval_s:g}s, timeout {s.sft_timeout_s:g}s)")
     while True:
         try:
@@ -175,15 +175,16 @@ def follow(client: openai.OpenAI, s: KickoffSettings, job_id: str, state_path: P
             if failures % POLL_FAILURES_BEFORE_WARNING == 0:
                 say(f"  warning: {failures} polls in a row failed ({type(error).__name__}); still trying")
             job = None
-        if job is not None:
+        if job is not None and job.status != saved_status:  # the state file changes when the status does
+            saved_status = job.status
             state = read_state(state_path)
             if state.get("job_id") in (None, job_id):
                 state.update(job_id=job_id, status=job.status, fine_tuned_model=job.fine_tuned_model)
                 write_state(state_path, state)
-            if job.status in TERMINAL:
-                for event in new_events(client, job_id, seen):
-                    say(event_line(event))
-                return job, time.monotonic() - start
+        if job is not None and job.status in TERMINAL:
+            for event in new_events(client, job_id, seen):
+                say(event_line(event))
+            return job, time.monotonic() - start
         if time.monotonic() - start > s.sft_timeout_s:
             say(f"timeout: job {job_id} is still running after {s.sft_timeout_s:g}s (SFT_TIMEOUT_S).\n"
                 f"keep following it with: {follow_command(job_id)}")

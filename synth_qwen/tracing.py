@@ -11,7 +11,6 @@ when it starts, so a crash leaves either nothing or an `incomplete` row — neve
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,7 +20,6 @@ from sqlalchemy import JSON, Boolean, Column, Float, ForeignKey, Integer, String
 
 SCHEMA_VERSION = 1
 STATUSES = ("completed", "died", "max_steps", "agent_error", "incomplete")
-PURPOSES = ("rollout", "eval")
 
 metadata = sa.MetaData()
 
@@ -309,6 +307,3 @@ def rebuild_requests(engine: sa.Engine, session_id: str) -> Iterator[tuple[int, 
                 body["tools"] = session["tools"]
             yield event["turn"], body
 
-
-def dumps(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

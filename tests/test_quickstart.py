@@ -38,7 +38,9 @@ def test_quickstart_smoke_produces_every_artifact(tmp_path):
     assert set(evaluated.values()) == {4}
     # 4. the report
     report = json.loads((work / "report" / "report.json").read_text())
+    first = report["comparisons"][0]  # the fine-tuned model, compared with its base on paired seeds
+    assert (first["baseline"], first["model"]) == ("local/tiny-qwen3", state["fine_tuned_model"])
+    assert first["paired_seeds"] == 4
     assert (work / "report" / "report.md").exists() and (work / "report" / "achievements.png").exists()
     assert len(list((work / "report" / "replays").glob("*.gif"))) >= 2
     assert "quickstart finished in" in output and "paired seeds" in output
-    assert report

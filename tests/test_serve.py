@@ -14,12 +14,13 @@ import openai
 import pytest
 from openai import OpenAI
 
+from synth_qwen.tiny_model import TINY_MODEL_ID
 from serve_helpers import Server, crafter_examples, http, wait_for_job, write_jsonl
 from synth_qwen import crafter_env
 from synth_qwen.sft_format import MIN_EXAMPLES
 
 pytestmark = pytest.mark.timeout(300)
-TINY = "local/tiny-qwen3"
+TINY = TINY_MODEL_ID
 ONE_EPOCH = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}}
 
 

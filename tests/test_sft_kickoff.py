@@ -8,9 +8,10 @@ import pytest
 from aiohttp import ClientSession, web
 
 from rollout_helpers import rollout_env, run_module
-from serve_helpers import Server, crafter_examples, wait_for_job, write_jsonl
+from synth_qwen.tiny_model import TINY_MODEL_ID
+from serve_helpers import Server, crafter_examples, write_jsonl
 
-TINY = "local/tiny-qwen3"
+TINY = TINY_MODEL_ID
 
 
 @pytest.fixture(scope="module")
