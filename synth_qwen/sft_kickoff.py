@@ -99,17 +99,26 @@ def upload(client: openai.OpenAI, path: Path) -> str:
     return uploaded.id
 
 
+def service_knows(client: openai.OpenAI, job_id: str) -> bool:
+    """A job id from the state file is reusable only on a service that has it (the URL may differ:
+    the quickstart's serve runs on a new port each time, with the same data dir)."""
+    try:
+        client.fine_tuning.jobs.retrieve(job_id)
+        return True
+    except openai.NotFoundError:
+        return False
+
+
 def start_job(client: openai.OpenAI, s: KickoffSettings, state_path: Path) -> str:
     """Validate, upload, create; returns the job id (saved in the state file at once)."""
     validate_locally(s.qwen_training_jsonl, "training data")
     if s.sft_validation_jsonl:
         validate_locally(s.sft_validation_jsonl, "validation data")
     key = {"training_sha256": file_digest(s.qwen_training_jsonl), "model": s.qwen_base_model,
-           "hyperparameters": hyperparameters(s), "suffix": s.sft_suffix, "extra": s.sft_extra_json,
-           "base_url": learning_base_url()}
+           "hyperparameters": hyperparameters(s), "suffix": s.sft_suffix, "extra": s.sft_extra_json}
     state = read_state(state_path)
     if not s.sft_force_new and state.get("key") == key and state.get("job_id") and \
-            state.get("status") not in ("failed", "cancelled"):
+            state.get("status") not in ("failed", "cancelled") and service_knows(client, state["job_id"]):
         say(f"reusing job {state['job_id']} from {state_path} (same data, model and hyperparameters; "
             f"SFT_FORCE_NEW=1 starts a new one)")
         return state["job_id"]

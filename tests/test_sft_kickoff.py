@@ -46,9 +46,15 @@ def test_success_prints_ids_events_and_the_model(tmp_path, server, training_json
     assert "metrics:" in out and "trained tokens:" in out
     assert f'CRAFTER_MODEL="{state["fine_tuned_model"]}"' in out and "python -m synth_qwen.eval" in out
     assert "sk_live_test" not in out + done.stderr
-    # a rerun with the same data and settings reuses the finished job instead of training again
-    again = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_suffix="crafter")
+    # a rerun with the same data and settings reuses the finished job instead of training again,
+    # also when the same service is reached by another URL (the quickstart's port changes)
+    again = kickoff(tmp_path, server.url + "/v1", training_jsonl, sft_suffix="crafter")
     assert again.returncode == 0 and f"reusing job {state['job_id']}" in again.stdout
+    assert "-> file id" not in again.stdout
+    # a job the service does not know (another server's) is not reused: a new one starts
+    (tmp_path / "state.json").write_text(json.dumps(dict(state, job_id="ftjob-000000000000000000000000")))
+    fresh = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_suffix="crafter")
+    assert fresh.returncode == 0 and "reusing job" not in fresh.stdout and "created fine-tuning job" in fresh.stdout
 
 
 def test_resume_with_job_id_and_failed_job_exits_1_with_the_service_message(tmp_path, server, training_jsonl):
