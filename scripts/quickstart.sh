@@ -8,13 +8,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
 if [ "${QUICKSTART_SMOKE:-0}" = 1 ]; then
-  TEACHER_EPISODES=6  TEACHER_TURNS=20 EVAL_EPISODES=4  EVAL_TURNS=6  WORK=${QUICKSTART_DIR:-runs/quickstart-smoke}
+  TEACHER_EPISODES=6  STUDENT_EPISODES=3  TURNS=8  EVAL_EPISODES=4  WORK=${QUICKSTART_DIR:-runs/quickstart-smoke}
 else
-  TEACHER_EPISODES=40 TEACHER_TURNS=40 EVAL_EPISODES=20 EVAL_TURNS=30 WORK=${QUICKSTART_DIR:-runs/quickstart}
+  TEACHER_EPISODES=50 STUDENT_EPISODES=20 TURNS=30 EVAL_EPISODES=20 WORK=${QUICKSTART_DIR:-runs/quickstart}
 fi
+ROUNDS=${ROUNDS:-2}
 mkdir -p "$WORK"
 DB="sqlite:///$WORK/traces.db"
-JSONL="$WORK/crafter_sft.jsonl"
 # The tiny model's prompt shape, shared by the teacher's traces and the evaluation (train context =
 # inference context): a one-line system prompt, no history, short replies.
 export CRAFTER_DIFFICULTY=easy CRAFTER_PROMPT=compact CRAFTER_HISTORY=0 CRAFTER_MAX_TOKENS=128
@@ -47,27 +47,14 @@ else:
 EOF
 head -n 2 "$WORK/serve.log"
 
-stage "1. run_crafter: the teacher (builtin:expert) plays"
-CRAFTER_MODEL=builtin:expert CRAFTER_EPISODES=$TEACHER_EPISODES CRAFTER_MAX_STEPS=$TEACHER_TURNS \
-  CRAFTER_RUN_ID=quickstart-teacher CRAFTER_DB_URL=$DB $PY -m synth_qwen.run_crafter
-
-stage "2. filter_traces: good episodes -> SFT JSONL"
-CRAFTER_DB_URL=$DB OUTPUT_JSONL=$JSONL MIN_TOTAL_REWARD=1.0 MIN_ACHIEVEMENTS=0 MAX_COST=10.0 MAX_TOKENS=100000 \
-  MODELS=builtin:expert $PY -m synth_qwen.filter_traces
-
-stage "3. sft_kickoff: fine-tune local/tiny-qwen3"
-LEARNING_V2_BASE_URL=http://127.0.0.1:$PORT/api SYNTH_API_KEY=sk-local QWEN_BASE_MODEL=local/tiny-qwen3 \
-  QWEN_TRAINING_JSONL=$JSONL SFT_N_EPOCHS=1 SFT_BATCH_SIZE=8 SFT_LEARNING_RATE_MULTIPLIER=2 SFT_POLL_INTERVAL_S=2 \
-  $PY -m synth_qwen.sft_kickoff
-FT_MODEL=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['fine_tuned_model'])" "${JSONL%.jsonl}.sft_state.json")
-
-stage "4. eval: base vs fine-tuned (+ random floor, expert ceiling) on held-out seeds"
-OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1 EVAL_MODELS="local/tiny-qwen3 $FT_MODEL builtin:random builtin:expert" \
-  EVAL_EPISODES=$EVAL_EPISODES CRAFTER_MAX_STEPS=$EVAL_TURNS CRAFTER_CONCURRENCY=$EVAL_EPISODES \
-  EVAL_RUN_ID="quickstart-eval-${FT_MODEL##*:}" EVAL_REPORT_DIR="$WORK/report" CRAFTER_DB_URL=$DB \
-  $PY -m synth_qwen.eval
+stage "1. rounds: the teacher's episodes -> fine-tune -> eval; the student plays, the teacher relabels -> again"
+OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1 LEARNING_V2_BASE_URL=http://127.0.0.1:$PORT/api SYNTH_API_KEY=sk-local \
+  QWEN_BASE_MODEL=local/tiny-qwen3 ROUNDS=$ROUNDS ROUNDS_DIR="$WORK" ROUNDS_RUN_PREFIX=quickstart \
+  ROUNDS_TEACHER_EPISODES=$TEACHER_EPISODES ROUNDS_STUDENT_EPISODES=$STUDENT_EPISODES CRAFTER_MAX_STEPS=$TURNS \
+  CRAFTER_CONCURRENCY=20 EVAL_EPISODES=$EVAL_EPISODES CRAFTER_DB_URL=$DB \
+  SFT_N_EPOCHS=1 SFT_BATCH_SIZE=8 SFT_LEARNING_RATE_MULTIPLIER=2 SFT_POLL_INTERVAL_S=2 \
+  $PY -m synth_qwen.rounds
 
 stage done
 printf '\n== quickstart finished in %ss ==%b\n' $((SECONDS - START)) "$TIMES"
-echo "report: $WORK/report/report.md   chart: $WORK/report/achievements.png"
-ls "$WORK"/report/replays/*.gif 2>/dev/null | sed 's/^/replay: /' || true
+echo "round table: $WORK/rounds.md   chart: $WORK/rounds.png   per-round reports: $WORK/eval/"

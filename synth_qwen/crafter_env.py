@@ -326,6 +326,22 @@ class Observation:
         return self.view.get(self.facing, "edge of the world")
 
     @property
+    def ready(self) -> list[str]:
+        """Actions beyond moving and `do` that would work right now, by Crafter's own rules: sleep
+        below full energy; place_* with the cost in hand, facing a free cell of the right ground;
+        make_* with the cost in hand and the stations within the 3x3 area around the player."""
+        def affordable(uses: dict) -> bool:
+            return all(self.inventory.get(item, 0) >= amount for item, amount in uses.items())
+        ahead = self.view.get(self.facing)  # a creature or plant there hides the ground: nothing fits
+        near = {self.view.get((dx, dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+        works = {"sleep": self.vitals["energy"] < constants.items["energy"]["max"]}
+        works.update({f"place_{name}": ahead in rule["where"] and affordable(rule["uses"])
+                      for name, rule in constants.place.items()})
+        works.update({f"make_{name}": set(rule["nearby"]) <= near and affordable(rule["uses"])
+                      for name, rule in constants.make.items()})
+        return [action for action in ACTIONS if works.get(action)]
+
+    @property
     def text(self) -> str:
         return observation_text(self)
 
@@ -419,6 +435,7 @@ def observation_text(obs: Observation) -> str:
         + (" You are asleep." if obs.sleeping else ""),
         "Vitals: " + ", ".join(f"{name} {obs.vitals[name]}/9" for name in VITALS) + ".",
         "Inventory: " + (", ".join(f"{k} {v}" for k, v in obs.inventory.items()) or "empty") + ".",
+        *([f"Ready: {', '.join(obs.ready)}."] if obs.ready else []),
         f"Achievements ({len(obs.achievements)}/22): " + (", ".join(obs.achievements) or "none") + ".",
         f"You see (offsets from you; E=right, W=left, N=up, S=down; everything else is {background}):",
     ]

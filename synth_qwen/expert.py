@@ -4,7 +4,7 @@ The agent sees what `Observation` shows (the 9x7 view, vitals, inventory, facing
 remembers earlier views of the episode in a map it builds by dead reckoning. Each turn it walks a
 prioritized table of subgoals (`ExpertAgent.SUBGOALS`) and takes the first that yields a plan:
 
-    sleeping → fight → urgent drink/food → shelter at night → craft → wood → table → sapling →
+    sleeping → fight → urgent drink/food → cheap wins (plant, wake_up) → shelter at night → craft → wood → table → sapling →
     stone → place_stone → furnace → coal → iron → diamond → top up drink/food → eat plant → explore
 
 Recipe costs come from `crafter.constants` at run time. Movement rules it relies on (objects.py):
@@ -45,6 +45,8 @@ GROUND_UNDER = {"cow": "grass", "zombie": "grass", "sapling": "grass", "ripe pla
 STONE_RESERVE = 9        # stone is cheap once you can mine: keep the pocket full for shelters
 SAPLING_TRIES = 8        # turns of `do` on grass (10 % each) before giving up on a sapling
 NEAR = 12                # a station farther than this (in steps) is not worth walking back to
+WAKE_UP_TRIES = 2        # a nap woken by damage earns nothing; don't keep trying in the open
+ZOMBIE_QUIET_STEPS = 60  # a zombie hits a sleeper for 7: nap only where none was seen lately
 URGENT = 4               # drink or food at or below this comes before everything but a fight
 MORNING = 0.6            # daylight at which a sheltered player walks out (zombies linger at dawn)
 
@@ -86,6 +88,8 @@ class ExpertAgent:
         self.explore_goal: tuple[int, int] | None = None
         self.explore_stuck = 0
         self.sapling_tries = 0
+        self.wake_up_tries = 0
+        self.zombie_seen_step = -ZOMBIE_QUIET_STEPS - 1
         self.shelter: tuple | None = None
         self.shelter_fails = 0
 
@@ -104,6 +108,15 @@ class ExpertAgent:
                 return actions, reason
         self.last_actions = ["noop"]
         return ["noop"], "subgoal: wait, nothing to do"
+
+    def executed(self, actions: list[str], position: tuple[int, int] | None = None) -> None:
+        """Another player (a relabelled student) took this turn: memory follows its actions, not our
+        plan. With `position` (where it now stands relative to the episode's start, which a replay
+        knows) no dead reckoning is needed; a student's moves are far less predictable than ours."""
+        if position is None:
+            self.last_actions = list(actions)
+        else:
+            self.pos, self.last_actions = tuple(position), []
 
     # -- memory: where am I, what is where ----------------------------------------------
     def _localize(self, obs: Observation) -> None:
@@ -152,7 +165,7 @@ class ExpertAgent:
                 return {**changed, cell: COLLECT[material]["leaves"]}
         if action.startswith("place_") and action != "place_plant":
             name = action[len("place_"):]
-            if material in PLACE[name]["where"]:
+            if material in PLACE[name]["where"] and uses_met(self.inventory, PLACE[name]["uses"]):
                 return {**changed, cell: name}
         return changed
 
@@ -188,6 +201,8 @@ class ExpertAgent:
                         self.plants.add(cell)
                     if name == "cow":
                         self.cows[cell] = obs.step
+                    if name == "zombie":
+                        self.zombie_seen_step = obs.step
         if self.map.get(self.pos) not in WALKABLE:
             self.map[self.pos] = "grass"  # we stand on it, so it is walkable
         self.objects = self.last_objects
@@ -473,6 +488,24 @@ class ExpertAgent:
         return seen
 
     # -- the tech tree -------------------------------------------------------------------
+    def _cheap_wins(self):
+        """Achievements a single action away: plant the first sapling, sleep once for wake_up.
+        Sleep starts only below full energy (about step 31 on) and pays wake_up ~12 steps later;
+        damage wakes the player without it, and a zombie hits a sleeper for 7 (2 awake), so only
+        by day where no zombie was seen lately."""
+        if self.has("sapling") and "place_plant" not in self.obs.achievements:
+            plan = self._go_place("place_plant", "place plant (sapling on grass)", max_states=200)
+            if plan:
+                return plan
+        vitals = self.obs.vitals
+        if ("wake_up" not in self.obs.achievements and vitals["energy"] < ITEM_MAX["energy"]
+                and self.wake_up_tries < WAKE_UP_TRIES and not self.obs.is_night
+                and self.obs.step - self.zombie_seen_step > ZOMBIE_QUIET_STEPS
+                and not self._hostile_within(VIEW_WIDTH) and min(vitals["food"], vitals["drink"]) > URGENT):
+            self.wake_up_tries += 1
+            return ["sleep"], "subgoal: sleep once for wake_up"
+        return None
+
     def _opportunities(self):
         """Cheap wins right next to us: drink, a cow when hungry or never eaten, a ripe plant."""
         vitals = self.obs.vitals
@@ -677,6 +710,7 @@ class ExpertAgent:
         _while_sleeping,
         _fight,
         _urgent_needs,
+        _cheap_wins,
         _shelter,
         _opportunities,
         _craft,

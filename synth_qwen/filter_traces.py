@@ -8,8 +8,10 @@
 Settings come from CLI flags > environment (and .env) > the `[filter]` table of `-c FILE.toml` >
 defaults. Sessions are streamed: filters in a fixed order (the funnel), then one example per valid
 turn (`messages` = exactly the request sent on that call + the reply; history replies weight 0) or,
-in `episode` mode, one per episode whose every call saw the whole episode so far. Examples are
-validated (sft_format), deduplicated, split by seed, and written to temp files renamed at the end.
+in `episode` mode, one per episode whose every call saw the whole episode so far. With
+FILTER_RELABEL a teacher's reply in the student's exact state replaces the student's on every
+turn (DAgger, relabel.py). Examples are validated (sft_format), deduplicated, split by seed, and
+written to temp files renamed at the end.
 
 Exit 0 when examples were written (or would be, with --dry-run); 1 when the DB is missing or
 unreadable or nothing passes (the funnel says where it all went); 2 on bad settings.
@@ -46,6 +48,7 @@ FLAGS = {  # flag -> settings field (the env var, lower-cased)
     "--run-ids": "filter_run_ids", "--difficulties": "filter_difficulties", "--statuses": "filter_statuses",
     "--mode": "filter_mode", "--max-example-tokens": "filter_max_example_tokens",
     "--validation-fraction": "filter_validation_fraction", "--validation-output": "filter_validation_jsonl",
+    "--relabel": "filter_relabel",
 }
 SWITCHES = {"--include-eval": "filter_include_eval", "--dedup": "filter_dedup"}  # also --no-…
 SHORT = {"--db": "-d", "--output": "-o"}
@@ -174,6 +177,15 @@ def example_metadata(session: dict, **where) -> dict:
             "total_reward": session["total_reward"], "run_id": session["run_id"], "difficulty": session["difficulty"]}
 
 
+def turn_request(session: dict, by_turn: dict, event: dict) -> list[dict]:
+    """The messages of this turn's call exactly as sent, its history replies at weight 0."""
+    messages = tracing.request_messages(session["system_prompt"], by_turn, event["turn"], event["history_turns"] or [])
+    for message in messages:
+        if message["role"] == "assistant":
+            message["weight"] = 0  # history: trained on its own turn, not again here (DESIGN §4.2)
+    return messages
+
+
 def turn_examples(session: dict, by_turn: dict, events: list[dict], skipped: Counter):
     """(example, metadata, event) per usable turn: the request exactly as sent, then its reply."""
     for event in events:
@@ -182,12 +194,28 @@ def turn_examples(session: dict, by_turn: dict, events: list[dict], skipped: Cou
         if reason:
             skipped[reason] += 1
             continue
-        messages = tracing.request_messages(session["system_prompt"], by_turn, turn, event["history_turns"] or [])
-        for message in messages:
-            if message["role"] == "assistant":
-                message["weight"] = 0  # history: trained on its own turn, not again here (DESIGN §4.2)
-        messages.append(tracing.message_dict(by_turn[turn][1]))
+        messages = turn_request(session, by_turn, event) + [tracing.message_dict(by_turn[turn][1])]
         yield training_example(session, messages), example_metadata(session, turn=turn), event
+
+
+def relabelled_examples(session: dict, by_turn: dict, events: list[dict], steps: list[dict], f: Funnel):
+    """(example, metadata, event) per turn: the request the student sent, then the teacher's reply
+    in that state. Invalid turns and a failed last call count too: their state is known. A session
+    whose replay diverges from its trace gives nothing."""
+    from synth_qwen import relabel  # imports Crafter and the OpenAI SDK (~1 s): only when relabelling
+    replies, divergence = relabel.teacher_replies(session, events, by_turn, steps)
+    if divergence:
+        f.relabel_diverged += 1
+        f.first_divergence = f.first_divergence or f"{session['session_id']} {divergence}"
+        return
+    event_of = {event["turn"]: event for event in events}
+    for teacher in replies:
+        f.relabelled_turns += 1
+        f.relabelled_differently += teacher.differs
+        event = event_of[teacher.turn]
+        messages = turn_request(session, by_turn, event) + [teacher.reply]
+        metadata = dict(example_metadata(session, turn=teacher.turn), relabelled_by=f.relabelled_by)
+        yield training_example(session, messages), metadata, event
 
 
 def episode_example(session: dict, by_turn: dict, events: list[dict], skipped: Counter):
@@ -341,6 +369,11 @@ class Funnel:
     candidates_achievements: Counter = field(default_factory=Counter)
     kept_achievements: Counter = field(default_factory=Counter)
     turns_skipped: Counter = field(default_factory=Counter)  # reason -> turns never used as targets
+    relabelled_by: str | None = None  # FILTER_RELABEL's teacher
+    relabelled_turns: int = 0
+    relabelled_differently: int = 0  # the student's turn was invalid or began with another action
+    relabel_diverged: int = 0  # sessions whose replay did not reproduce the trace: skipped
+    first_divergence: str | None = None
     episodes_skipped: Counter = field(default_factory=Counter)  # episode mode: reason -> episodes
     token_counter: str | None = None
     token_sources: Counter = field(default_factory=Counter)
@@ -394,6 +427,11 @@ def funnel_text(f: Funnel) -> str:
     lines.append(row.format("kept sessions", f"{f.kept_sessions:,}"))
     if f.turns_skipped:
         lines.append("  turns never used as targets: " + ", ".join(f"{n:,} {why}" for why, n in f.turns_skipped.items()))
+    if f.relabelled_by:
+        lines.append(f"  relabelled by {f.relabelled_by}: {f.relabelled_turns:,} turns, "
+                     f"{f.relabelled_differently:,} answered differently from the student")
+        lines.append(f"  sessions skipped, replay diverged from the trace: {f.relabel_diverged:,}"
+                     + (f" (first: {f.first_divergence})" if f.first_divergence else ""))
     if f.episodes_skipped:
         lines.append("  episodes skipped: " + ", ".join(f"{n:,} ({why})" for why, n in f.episodes_skipped.items()))
     if f.token_counter:
@@ -446,7 +484,10 @@ def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None,
             f.kept_achievements[session["num_achievements"] or 0] += 1
             by_turn = tracing.session_turn_messages(detail, session["session_id"])
             events = tracing.session_events(detail, session["session_id"])
-            if s.filter_mode == "turn":
+            if s.filter_relabel:
+                steps = tracing.session_steps(detail, session["session_id"])
+                produced = relabelled_examples(session, by_turn, events, steps, f)
+            elif s.filter_mode == "turn":
                 produced = turn_examples(session, by_turn, events, f.turns_skipped)
             else:
                 one, why = episode_example(session, by_turn, events, f.turns_skipped)
@@ -494,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     s = load_settings(argv)
     validation = s.validation_jsonl if s.filter_validation_fraction > 0 else None
     f = Funnel(db=redact(s.crafter_db_url), mode=s.filter_mode, output=str(s.output_jsonl),
-               validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run)
+               validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run,
+               relabelled_by=s.filter_relabel)
     try:
         engine = tracing.open_db(s.crafter_db_url, create=False)
     except (tracing.MissingDatabase, sa.exc.SQLAlchemyError) as error:

@@ -82,22 +82,27 @@ def text_reply(actions: list[str], reasoning: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Builtin policies
 
+def builtin_reply(actions: list[str], reasoning: str, tool_mode: str, session_id: str, turn: int) -> Reply:
+    """A builtin decision as an LLM-shaped reply: an interact call (its id names session and
+    turn) or text. Relabelling uses it too, so a teacher's label is the very reply it plays."""
+    if tool_mode == "tools":
+        call = tool_call(f"call_{session_id[-8:]}_{turn}", actions, reasoning)
+        return Reply(content=None, tool_calls=[call], finish_reason="tool_calls")
+    return Reply(content=text_reply(actions, reasoning), finish_reason="stop")
+
+
 class BuiltinAgent:
     """Wraps a decision function (obs -> actions, reasoning) into LLM-shaped replies."""
 
-    def __init__(self, decide, tool_mode: str, session_tag: str):
+    def __init__(self, decide, tool_mode: str, session_id: str):
         self.decide = decide
         self.tool_mode = tool_mode
-        self.session_tag = session_tag
+        self.session_id = session_id
 
     async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
         start = time.perf_counter()
         actions, reasoning = self.decide(observation)
-        if self.tool_mode == "tools":
-            reply = Reply(content=None, tool_calls=[tool_call(f"call_{self.session_tag}_{turn}", actions, reasoning)],
-                          finish_reason="tool_calls")
-        else:
-            reply = Reply(content=text_reply(actions, reasoning), finish_reason="stop")
+        reply = builtin_reply(actions, reasoning, self.tool_mode, self.session_id, turn)
         reply.latency_s = time.perf_counter() - start
         return reply
 

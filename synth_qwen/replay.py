@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw, ImageFont
 
 from synth_qwen import tracing
-from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv
+from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, StepResult
 from synth_qwen.settings import DEFAULT_DB_URL, exit_usage, load_dotenv_once, normalize_db_url
 
 FRAME_SIZE = 320  # pixels; the game area is square, the text banner goes above it
@@ -45,10 +45,20 @@ def load_trace(engine: sa.Engine, session_id: str) -> Trace:
         raise LookupError(f"no session {session_id!r} in the trace DB")
     if found[0]["status"] == "incomplete":
         raise LookupError(f"session {session_id} never finished (status incomplete): nothing to replay")
-    table = tracing.session_timesteps
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(table).where(table.c.session_id == session_id).order_by(table.c.step_index))
-        return Trace(found[0], [dict(row._mapping) for row in rows])
+        return Trace(found[0], tracing.session_steps(conn, session_id))
+
+
+def step_divergence(env: CrafterEnv, row: dict, result: StepResult) -> str | None:
+    """How a re-played step differs from its trace row, as one line; None when it reproduced."""
+    recorded_new = list(row["new_achievements"] or [])
+    if (env.steps != row["step_index"] or abs(result.reward - row["reward"]) > REWARD_TOLERANCE
+            or list(result.new_achievements) != recorded_new or result.end_reason != row["done_reason"]):
+        return (f"step {row['step_index']} (turn {row['turn']}, {row['action']}): the trace records "
+                f"reward {row['reward']:+.1f}, new achievements {recorded_new or 'none'}, end "
+                f"{row['done_reason']}; the replay gives reward {result.reward:+.1f}, new "
+                f"achievements {list(result.new_achievements) or 'none'}, end {result.end_reason}")
+    return None
 
 
 def replay(trace: Trace, size: int | None = None) -> tuple[list[np.ndarray], str | None]:
@@ -62,13 +72,9 @@ def replay(trace: Trace, size: int | None = None) -> tuple[list[np.ndarray], str
     total_reward = 0.0
     for row in trace.steps:
         result = env.step(row["action"])
-        recorded_new = list(row["new_achievements"] or [])
-        if (env.steps != row["step_index"] or abs(result.reward - row["reward"]) > REWARD_TOLERANCE
-                or list(result.new_achievements) != recorded_new or result.end_reason != row["done_reason"]):
-            return frames, (f"step {row['step_index']} (turn {row['turn']}, {row['action']}): the trace records "
-                            f"reward {row['reward']:+.1f}, new achievements {recorded_new or 'none'}, end "
-                            f"{row['done_reason']}; the replay gives reward {result.reward:+.1f}, new "
-                            f"achievements {list(result.new_achievements) or 'none'}, end {result.end_reason}")
+        divergence = step_divergence(env, row, result)
+        if divergence:
+            return frames, divergence
         total_reward += result.reward
         unlocked.extend(result.new_achievements)
         if size:

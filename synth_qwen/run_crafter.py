@@ -196,7 +196,7 @@ class Runner:
         if self.endpoint:
             return self.endpoint
         decide = BUILTIN_DECIDERS[self.s.crafter_model](seed, self.s.crafter_actions_per_turn)
-        return BuiltinAgent(decide, self.tool_mode, session_id[-8:])
+        return BuiltinAgent(decide, self.tool_mode, session_id)
 
     async def episode(self, index: int, seed: int, progress: "RunProgress") -> tuple[dict, bool]:
         session_id = "sess_" + uuid.uuid4().hex[:20]

@@ -120,6 +120,15 @@ def model_spec(app: web.Application, name: str) -> dict | None:
     return None
 
 
+def training_base(spec: dict) -> dict:
+    """What a job trains from: a base model as it is, or a fine-tuned model's weights on top of its
+    own base (whose kind picks the method: the tiny model full, others LoRA). The new model is named
+    after, and served on, the root base, as OpenAI names a fine-tune of a fine-tune."""
+    if spec["kind"] != "ft":
+        return spec
+    return {**spec["base"], "init_path": spec["path"], "init_adapter": spec["adapter"]}
+
+
 def hf_cached(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -262,9 +271,6 @@ async def create_job(request: web.Request) -> web.Response:
     if spec is None:
         raise ApiError(404, f"The model {model!r} does not exist here (set SERVE_ALLOW_DOWNLOAD=true to fetch "
                             "Hugging Face models).", param="model", code="model_not_found")
-    if spec["kind"] not in ("tiny", "hf"):
-        raise ApiError(400, f"Fine-tuning a fine-tuned model ({model}) is not supported; start from its base.",
-                       param="model")
     hyperparameters = requested_hyperparameters(body)
     training_file, _ = training_file_path(request, body, "training_file")
     validation_file, _ = training_file_path(request, body, "validation_file")
@@ -306,7 +312,7 @@ async def validate_job(app: web.Application, job_id: str, spec: dict) -> None:
             return finish_job(store, job, "failed", error={
                 "code": "invalid_training_file" if field == "training_file" else "invalid_validation_file",
                 "param": field, "message": f"Invalid {field.replace('_', ' ')} {report.summary()}"})
-    kind = "tiny" if spec["kind"] == "tiny" else "hf"
+    kind = "tiny" if training_base(spec)["kind"] == "tiny" else "hf"
     job["hyperparameters"] = train_worker.resolve_hyperparameters(job["hyperparameters"], kind, reports[0][1].examples)
     job["method"]["supervised"]["hyperparameters"] = job["hyperparameters"]
     job["status"] = "queued"
@@ -323,8 +329,8 @@ def finish_job(store: Store, job: dict, status: str, error: dict | None = None) 
     store.add_event(job["id"], message, level="error" if status == "failed" else "info")
 
 
-def fine_tuned_name(job: dict) -> str:
-    return f"ft:{job['model']}:{job['suffix']}:{job['id']}" if job.get("suffix") else f"ft:{job['model']}:{job['id']}"
+def fine_tuned_name(job: dict, root_model: str) -> str:
+    return f"ft:{root_model}:{job['suffix']}:{job['id']}" if job.get("suffix") else f"ft:{root_model}:{job['id']}"
 
 
 async def job_runner(app: web.Application) -> None:
@@ -343,7 +349,7 @@ async def job_runner(app: web.Application) -> None:
 async def run_job(app: web.Application, job: dict) -> None:
     store, settings = app["store"], app["settings"]
     job_dir = store.job_dir(job["id"])
-    base = model_spec(app, job["model"])
+    base = training_base(model_spec(app, job["model"]))
     spec = {"job_id": job["id"], "training_file": str(store.file_data_path(job["training_file"])),
             "validation_file": str(store.file_data_path(job["validation_file"])) if job["validation_file"] else None,
             "base": {**base, "name": job["model"]}, "hyperparameters": job["hyperparameters"], "seed": job["seed"],
@@ -359,7 +365,7 @@ async def run_job(app: web.Application, job: dict) -> None:
             sys.executable, "-m", "synth_qwen.train_worker", str(job_dir), stdout=asyncio.subprocess.PIPE,
             stderr=log, env=worker_env())
     app["state"]["training"] = (job["id"], process)
-    name = fine_tuned_name(job)
+    name = fine_tuned_name(job, base["key"])
     result, error_message = None, None
     async for raw in process.stdout:
         try:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -211,6 +211,7 @@ class RolloutSettings(Settings):
 
 
 BUILTIN_POLICIES = ("builtin:expert", "builtin:random")
+RELABEL_TEACHERS = ("builtin:expert",)  # who may relabel a student's turns (relabel.py)
 
 
 class KickoffSettings(Settings):
@@ -276,6 +277,55 @@ class EvalSettings(RolloutSettings):
         return self.eval_models or [self.crafter_model]
 
 
+class RoundsSettings(Settings):
+    """rounds: play -> data -> fine-tune -> eval, ROUNDS times. Each stage is the real module, called
+    with the caller's environment (CRAFTER_*, SFT_*, EVAL_*, endpoints) plus the stage's own values."""
+
+    rounds: int = Field(2, ge=1, le=100)  # round 0 learns from the teacher; later rounds from the student's play
+    rounds_dir: Path = Path("runs/rounds")  # training files, state files, reports, the round table
+    rounds_teacher: str = "builtin:expert"  # plays round 0 and relabels later rounds
+    rounds_teacher_episodes: int = Field(40, ge=1, le=100_000)  # round 0's training episodes
+    rounds_student_episodes: int = Field(20, ge=1, le=100_000)  # training episodes the student plays per later round
+    rounds_student_temperature: float = Field(1.0, ge=0.0, le=2.0)  # sampling while the student plays
+    rounds_data: Literal["relabel", "rejection", "both"] = "relabel"  # later rounds' data (DAgger / own best)
+    rounds_init: Literal["base", "previous"] = "base"  # base: base model on all data so far; previous: last model on new data
+    rounds_min_reward: float = 1.0  # rejection sampling: the student's own episodes with at least this reward
+    rounds_eval_temperatures: list[float] = [0.7, 0.0]  # every round is evaluated at each; the first is the headline
+    rounds_run_prefix: str = Field("rounds", pattern=r"^[A-Za-z0-9_.:@-]{1,100}$")  # run ids: <prefix>-r<k>-…
+    qwen_base_model: str = DEFAULT_MODEL
+    crafter_seed: int = Field(1, ge=0, lt=2**31 - 1)  # training seeds: the teacher's, then each round's block
+    crafter_db_url: str = DEFAULT_DB_URL
+    eval_seed: int = Field(100_000, ge=0, lt=2**31 - 1)
+    eval_episodes: int = Field(20, ge=1, le=100_000)
+
+    @field_validator("crafter_db_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        return normalize_db_url(value)
+
+    @field_validator("rounds_teacher")
+    @classmethod
+    def _rounds_teacher(cls, value: str) -> str:
+        if value not in RELABEL_TEACHERS:
+            raise ValueError(f"teachers are {', '.join(RELABEL_TEACHERS)}")
+        return value
+
+    @field_validator("rounds_eval_temperatures", mode="before")
+    @classmethod
+    def _temperatures(cls, value) -> list:
+        words = split_words(value)
+        if not words:
+            raise ValueError("name at least one temperature, e.g. '0.7 0'")
+        return words
+
+    @field_validator("rounds_eval_temperatures")
+    @classmethod
+    def _temperature_range(cls, values: list[float]) -> list[float]:
+        if any(not 0.0 <= t <= 2.0 for t in values):
+            raise ValueError("temperatures are between 0 and 2")
+        return values
+
+
 class ServeSettings(Settings):
     """`python -m synth_qwen.serve`: the local OpenAI-compatible learning service."""
 
@@ -316,6 +366,7 @@ class FilterSettings(Settings):
     filter_validation_jsonl: Path | None = None  # default: OUTPUT_JSONL with a _val suffix
     filter_dry_run: bool = False
     filter_json: bool = False  # the funnel as JSON on stdout
+    filter_relabel: str | None = None  # a teacher re-answers every turn of the kept episodes (DAgger)
 
     @field_validator("crafter_db_url")
     @classmethod
@@ -351,6 +402,21 @@ class FilterSettings(Settings):
         if unknown or not statuses:
             raise ValueError(f"statuses are {', '.join(STATUSES)}")
         return statuses
+
+    @field_validator("filter_relabel", mode="before")
+    @classmethod
+    def _teacher(cls, value):
+        value = value.strip() if isinstance(value, str) else value
+        if value and value not in RELABEL_TEACHERS:
+            raise ValueError(f"teachers are {', '.join(RELABEL_TEACHERS)} (empty = off)")
+        return value or None
+
+    @model_validator(mode="after")
+    def _relabel_per_turn(self):
+        if self.filter_relabel and self.filter_mode != "turn":
+            raise ValueError(f"FILTER_RELABEL relabels single turns: it needs FILTER_MODE=turn, "
+                             f"not {self.filter_mode} (or unset FILTER_RELABEL)")
+        return self
 
     @property
     def validation_jsonl(self) -> Path:

@@ -188,7 +188,8 @@ def follow(client: openai.OpenAI, s: KickoffSettings, job_id: str, state_path: P
             saved_status = job.status
             state = read_state(state_path)
             if state.get("job_id") in (None, job_id):
-                state.update(job_id=job_id, status=job.status, fine_tuned_model=job.fine_tuned_model)
+                state.update(job_id=job_id, status=job.status, fine_tuned_model=job.fine_tuned_model,
+                             trained_tokens=job.trained_tokens)
                 write_state(state_path, state)
         if job is not None and job.status in TERMINAL:
             for event in new_events(client, job_id, seen):

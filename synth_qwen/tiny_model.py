@@ -86,9 +86,18 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                         bos_token=None, unk_token=None)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in MARKER_TOKENS])
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in MARKER_TOKENS + domain_tokens()])
     tokenizer.chat_template = chat_template("inference")
     return tokenizer
+
+
+def domain_tokens() -> list[str]:
+    """Crafter's action and achievement names, one token each: a model this small otherwise spells
+    them from BPE pieces and invents names like `make_up` or `move_table` (measured: most of its
+    invalid turns). Added tokens match longest-first, so `move_down` never splits into `move_` + `do`."""
+    from crafter import constants
+
+    return list(constants.actions) + list(constants.achievements)
 
 
 def build_model(tokenizer, size: str):

@@ -293,6 +293,13 @@ def session_events(conn, session_id: str) -> list[dict]:
     return [dict(row._mapping) for row in rows]
 
 
+def session_steps(conn, session_id: str) -> list[dict]:
+    """The episode's env steps (session_timesteps rows) in step order."""
+    rows = conn.execute(sa.select(session_timesteps).where(session_timesteps.c.session_id == session_id)
+                        .order_by(session_timesteps.c.step_index))
+    return [dict(row._mapping) for row in rows]
+
+
 def rebuild_requests(engine: sa.Engine, session_id: str) -> Iterator[tuple[int, dict]]:
     """(turn, request body) for every LM call of the session, rebuilt from the DB alone."""
     with engine.connect() as conn:

@@ -142,9 +142,15 @@ def load_base(spec: dict, reporter: Reporter):
         training_template = tiny_model.chat_template("training")
     else:
         path = base["path"]
+    if base.get("init_path") and not base.get("init_adapter"):
+        path = base["init_path"]  # a fine-tuned model's full weights (the tiny model's jobs)
     local_only = not base.get("allow_download", False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype="auto")
+    if base.get("init_adapter"):  # a fine-tuned adapter trains on (no new adapter on top)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, base["init_path"], is_trainable=True)
     if base["kind"] != "tiny":
         from trl.chat_template_utils import get_training_chat_template
 
@@ -243,7 +249,7 @@ def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
         max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding")  # feeds the steady-state tokens/s
     peft_config = None
-    if defaults["method"] == "lora":
+    if defaults["method"] == "lora" and not spec["base"].get("init_adapter"):
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=spec["lora_rank"], lora_alpha=LORA_ALPHA_PER_RANK * spec["lora_rank"],
@@ -253,7 +259,7 @@ def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
     reporter.event(f"Training: {hyper['n_epochs']} epochs x {steps_per_epoch} steps, batch {hyper['batch_size']}, "
-                   f"{'LoRA r=' + str(spec['lora_rank']) if peft_config else 'full fine-tune'}, device {device}")
+                   f"{'LoRA r=' + str(spec['lora_rank']) if defaults['method'] == 'lora' else 'full fine-tune'}, device {device}")
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -266,7 +272,7 @@ def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
                   metrics_csv=str(job_dir / "metrics.csv"), train_seconds=round(seconds, 2),
                   tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
                   steady_tokens_per_second=round(progress.steady_tokens_per_second() or 0, 1),
-                  adapter=peft_config is not None)
+                  adapter=defaults["method"] == "lora")
 
 
 def main() -> None:

@@ -1,0 +1,159 @@
+"""Teacher relabelling (FILTER_RELABEL, DAgger) on trace DBs written by the real runner."""
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from synth_qwen import filter_traces, tracing
+from synth_qwen.crafter_env import CrafterEnv
+from synth_qwen.expert import ExpertAgent
+from synth_qwen.run_crafter import play
+from synth_qwen.scripted_endpoint import ScriptedEndpoint
+from synth_qwen.settings import FilterSettings, RolloutSettings
+from rollout_helpers import db_sessions, rollout_env, run_module
+from test_filter_traces import cli, without_weights
+
+OPEN = ["--min-total-reward", "-1000", "--max-cost", "none", "--max-tokens", "none", "--no-dedup"]
+TEACHER = ["--relabel", "builtin:expert"]
+EXPERT_RUNS = {  # run id -> how the teacher played its own episodes
+    "compact-h0": dict(crafter_prompt="compact", crafter_history=0),
+    "compact-h2": dict(crafter_prompt="compact", crafter_history=2),
+    "text-h2": dict(crafter_history=2, crafter_tool_mode="text"),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in FilterSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def teacher_db(tmp_path_factory) -> Path:
+    """The expert's own episodes, played in other processes (relabelling must not depend on one)."""
+    db = tmp_path_factory.mktemp("teacher") / "traces.db"
+    for run_id, values in EXPERT_RUNS.items():
+        env = rollout_env(db.parent, crafter_db_url=f"sqlite:///{db}", crafter_model="builtin:expert",
+                          crafter_episodes=2, crafter_max_steps=10, crafter_run_id=run_id, **values)
+        done = run_module("synth_qwen.run_crafter", env, db.parent)
+        assert done.returncode == 0, done.stderr
+    return db
+
+
+@pytest.fixture(scope="module")
+def student_db(tmp_path_factory) -> Path:
+    """Students the teacher disagrees with: random play, and an endpoint whose second reply is
+    invalid (the next observation follows a feedback line) and whose fourth call fails."""
+    db = tmp_path_factory.mktemp("student") / "traces.db"
+    common = dict(crafter_db_url=f"sqlite:///{db}", crafter_max_steps=30, crafter_history=2)
+    # 30 turns: long enough that the teacher's answers depend on remembering the student's moves
+    random_play = RolloutSettings(crafter_model="builtin:random", crafter_episodes=3, **common)
+    asyncio.run(play(random_play, "random", "rollout", "random"))
+    with ScriptedEndpoint(faults=[None, "no_tool_call", None, "500"]) as endpoint, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_BASE_URL", endpoint.base_url)
+        scripted = RolloutSettings(crafter_model="scripted", crafter_episodes=1, crafter_seed=40,
+                                   crafter_max_retries=0, **common)
+        asyncio.run(play(scripted, "scripted", "rollout", "scripted"))
+    return db
+
+
+def run_filter(capsys, db: Path, out: Path, *args) -> tuple[int, dict, list[str], str]:
+    """filter_traces.main in-process with --json: (exit code, report, JSONL lines written, funnel text)."""
+    code = filter_traces.main(["-d", str(db), "-o", str(out), "--json", *args])
+    printed = capsys.readouterr()
+    report = json.loads(printed.out.strip().splitlines()[-1])
+    return code, report, out.read_text().splitlines() if out.exists() else [], printed.err
+
+
+def teacher_answers(session: dict, steps: list[dict], turns: list[int]) -> dict[int, dict]:
+    """turn -> the interact arguments a fresh expert gives when led along the recorded actions."""
+    env = CrafterEnv(seed=session["seed"], difficulty=session["difficulty"])
+    env.reset()
+    start = env._player.pos.copy()
+    expert = ExpertAgent(max_actions=session["metadata"]["actions_per_turn"], seed=session["seed"])
+    answers = {}
+    for turn in turns:
+        actions, reasoning = expert.act(env.observe())
+        answers[turn] = {"reasoning": reasoning, "actions": actions}
+        done = [row["action"] for row in steps if row["turn"] == turn]
+        for action in done:
+            env.step(action)
+        expert.executed(done, tuple(int(v) for v in env._player.pos - start))
+    return answers
+
+
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("run_id", EXPERT_RUNS)
+def test_relabelling_the_teachers_own_episodes_gives_back_its_examples(teacher_db, tmp_path, capsys, run_id):
+    code, _, plain, _ = run_filter(capsys, teacher_db, tmp_path / "plain.jsonl", *OPEN, "--run-ids", run_id)
+    code_r, report, relabelled, funnel = run_filter(capsys, teacher_db, tmp_path / "rel.jsonl", *OPEN, *TEACHER,
+                                                    "--run-ids", run_id)
+    assert code == code_r == 0 and len(relabelled) == len(plain) > 0
+    for line, original in zip(relabelled, plain):
+        example = json.loads(line)
+        assert example["metadata"].pop("relabelled_by") == "builtin:expert"
+        assert json.dumps(example, separators=(",", ":")) == original  # byte for byte, metadata included
+    assert (report["relabelled_turns"], report["relabelled_differently"], report["relabel_diverged"]) == (len(plain), 0, 0)
+    assert f"relabelled by builtin:expert: {len(plain)} turns, 0 answered differently from the student" in funnel
+
+
+def test_relabelled_examples_are_the_students_requests_with_the_teachers_replies(student_db, tmp_path, capsys):
+    code, report, lines, _ = run_filter(capsys, student_db, tmp_path / "rel.jsonl", *OPEN, *TEACHER,
+                                        "--statuses", "max_steps,died,agent_error")
+    examples = [json.loads(line) for line in lines]
+    engine = tracing.open_db(f"sqlite:///{student_db}", create=False)
+    sessions = db_sessions(student_db)
+    assert code == 0 and {e["metadata"]["session_id"] for e in examples} == {s["session_id"] for s in sessions}
+    for session in sessions:
+        sid = session["session_id"]
+        requests = dict(tracing.rebuild_requests(engine, sid))  # every call the student made: turn -> body
+        mine = {e["metadata"]["turn"]: e for e in examples if e["metadata"]["session_id"] == sid}
+        assert sorted(mine) == sorted(requests)  # invalid turns and the failed call included
+        with engine.connect() as conn:
+            answers = teacher_answers(session, tracing.session_steps(conn, sid), sorted(requests))
+        for turn, example in mine.items():
+            *request, reply = example["messages"]
+            assert without_weights(request) == requests[turn]["messages"]  # exactly what the student was sent
+            call, = reply["tool_calls"]
+            assert call["id"] == f"call_{sid[-8:]}_{turn}" and json.loads(call["function"]["arguments"]) == answers[turn]
+            assert example["metadata"]["relabelled_by"] == "builtin:expert" and example["metadata"]["model"] == session["model"]
+    scripted = next(s for s in sessions if s["model"] == "scripted")
+    assert (scripted["status"], scripted["turns"], scripted["invalid_turns"]) == ("agent_error", 4, 1)
+    engine.dispose()
+    after_invalid = next(e for e in examples if (e["metadata"]["session_id"], e["metadata"]["turn"]) ==
+                         (scripted["session_id"], 2))
+    assert after_invalid["messages"][-2]["content"].startswith("Your previous reply was invalid")
+    assert report["relabelled_turns"] == len(examples) and report["relabel_diverged"] == 0
+    assert 2 <= report["relabelled_differently"] <= len(examples)  # at least the invalid turn and the failed call
+
+
+def test_a_corrupted_trace_diverges_and_gives_no_example(student_db, tmp_path, capsys):
+    db = tmp_path / "corrupted.db"
+    with sqlite3.connect(student_db) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    opposite = {"move_left": "move_right", "move_right": "move_left", "move_up": "move_down", "move_down": "move_up"}
+    with sqlite3.connect(db) as conn:  # flip a turn's last move: the next observation faces the other way
+        session_id, step_id, action = conn.execute(
+            "SELECT t.session_id, t.id, t.action FROM session_timesteps t JOIN session_traces s USING (session_id) "
+            "WHERE s.run_id = 'random' AND t.action LIKE 'move_%' AND t.turn < s.turns - 1 AND t.step_index = "
+            "(SELECT max(step_index) FROM session_timesteps u WHERE u.session_id = t.session_id AND u.turn = t.turn) "
+            "ORDER BY t.id LIMIT 1").fetchone()
+        conn.execute("UPDATE session_timesteps SET action = ? WHERE id = ?", (opposite[action], step_id))
+    code, report, lines, funnel = run_filter(capsys, db, tmp_path / "rel.jsonl", *OPEN, *TEACHER, "--run-ids", "random")
+    assert code == 0 and report["relabel_diverged"] == 1 and report["first_divergence"].startswith(session_id)
+    assert session_id not in {json.loads(line)["metadata"]["session_id"] for line in lines}
+    assert len({json.loads(line)["metadata"]["session_id"] for line in lines}) == 2  # the others still count
+    assert f"sessions skipped, replay diverged from the trace: 1 (first: {session_id} turn " in funnel
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"FILTER_RELABEL": "bogus"}, "FILTER_RELABEL='bogus' is invalid: teachers are builtin:expert"),
+    ({"FILTER_RELABEL": "builtin:expert", "FILTER_MODE": "episode"}, "FILTER_RELABEL relabels single turns"),
+])
+def test_bad_relabel_settings_exit_2_with_one_line(tmp_path, env, expected):
+    done = cli(tmp_path, **env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and expected in done.stderr
