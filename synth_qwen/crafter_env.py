@@ -27,6 +27,9 @@ from crafter import constants, engine, objects
 ACTIONS: tuple[str, ...] = tuple(constants.actions)
 ACHIEVEMENTS: tuple[str, ...] = tuple(constants.achievements)
 VITALS = ("health", "food", "drink", "energy")
+# The achievement an action earns at once (sleep: wake_up, when the player wakes with full energy).
+ACHIEVEMENT_OF = {action: "wake_up" if action == "sleep" else action
+                  for action in ACTIONS if action == "sleep" or action in ACHIEVEMENTS}
 VIEW_WIDTH, VIEW_HEIGHT = 9, 7  # the visible world around the player (stock local view)
 WORLD_SIZE = 64
 DEFAULT_LENGTH = 10_000  # Crafter's own episode cap in env steps
@@ -327,9 +330,10 @@ class Observation:
 
     @property
     def ready(self) -> list[str]:
-        """Actions beyond moving and `do` that would work right now, by Crafter's own rules: sleep
-        below full energy; place_* with the cost in hand, facing a free cell of the right ground;
-        make_* with the cost in hand and the stations within the 3x3 area around the player."""
+        """Actions that would work right now and earn an achievement not yet unlocked, by Crafter's
+        own rules: sleep below full energy (wake_up follows); place_* with the cost in hand, facing
+        a free cell of the right ground; make_* with the cost in hand and the stations within the
+        3x3 area around the player."""
         def affordable(uses: dict) -> bool:
             return all(self.inventory.get(item, 0) >= amount for item, amount in uses.items())
         ahead = self.view.get(self.facing)  # a creature or plant there hides the ground: nothing fits
@@ -339,7 +343,7 @@ class Observation:
                       for name, rule in constants.place.items()})
         works.update({f"make_{name}": set(rule["nearby"]) <= near and affordable(rule["uses"])
                       for name, rule in constants.make.items()})
-        return [action for action in ACTIONS if works.get(action)]
+        return [action for action in ACTIONS if works.get(action) and ACHIEVEMENT_OF[action] not in self.achievements]
 
     @property
     def text(self) -> str:
@@ -435,7 +439,7 @@ def observation_text(obs: Observation) -> str:
         + (" You are asleep." if obs.sleeping else ""),
         "Vitals: " + ", ".join(f"{name} {obs.vitals[name]}/9" for name in VITALS) + ".",
         "Inventory: " + (", ".join(f"{k} {v}" for k, v in obs.inventory.items()) or "empty") + ".",
-        *([f"Ready: {', '.join(obs.ready)}."] if obs.ready else []),
+        *([f"New achievement ready: {', '.join(obs.ready)}."] if obs.ready else []),
         f"Achievements ({len(obs.achievements)}/22): " + (", ".join(obs.achievements) or "none") + ".",
         f"You see (offsets from you; E=right, W=left, N=up, S=down; everything else is {background}):",
     ]

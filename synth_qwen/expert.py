@@ -489,21 +489,21 @@ class ExpertAgent:
 
     # -- the tech tree -------------------------------------------------------------------
     def _cheap_wins(self):
-        """Achievements a single action away: plant the first sapling, sleep once for wake_up.
-        Sleep starts only below full energy (about step 31 on) and pays wake_up ~12 steps later;
-        damage wakes the player without it, and a zombie hits a sleeper for 7 (2 awake), so only
-        by day where no zombie was seen lately."""
-        if self.has("sapling") and "place_plant" not in self.obs.achievements:
-            plan = self._go_place("place_plant", "place plant (sapling on grass)", max_states=200)
-            if plan:
-                return plan
+        """A new achievement one action away (the observation's `ready` list): take it now; and
+        plant the first sapling. Sleep starts only below full energy (about step 31 on) and pays
+        wake_up ~12 steps later; damage wakes the player without it, and a zombie hits a sleeper
+        for 7 (2 awake), so only by day where no zombie was seen lately."""
         vitals = self.obs.vitals
-        if ("wake_up" not in self.obs.achievements and vitals["energy"] < ITEM_MAX["energy"]
-                and self.wake_up_tries < WAKE_UP_TRIES and not self.obs.is_night
-                and self.obs.step - self.zombie_seen_step > ZOMBIE_QUIET_STEPS
-                and not self._hostile_within(VIEW_WIDTH) and min(vitals["food"], vitals["drink"]) > URGENT):
-            self.wake_up_tries += 1
-            return ["sleep"], "subgoal: sleep once for wake_up"
+        for action in self.obs.ready:
+            if action != "sleep":
+                return [action], f"subgoal: {action.replace('_', ' ')}, ready now"
+            if (self.wake_up_tries < WAKE_UP_TRIES and not self.obs.is_night
+                    and self.obs.step - self.zombie_seen_step > ZOMBIE_QUIET_STEPS
+                    and not self._hostile_within(VIEW_WIDTH) and min(vitals["food"], vitals["drink"]) > URGENT):
+                self.wake_up_tries += 1
+                return ["sleep"], "subgoal: sleep once for wake_up"
+        if self.has("sapling") and "place_plant" not in self.obs.achievements:
+            return self._go_place("place_plant", "place plant (sapling on grass)", max_states=200)
         return None
 
     def _opportunities(self):

@@ -48,7 +48,7 @@ FLAGS = {  # flag -> settings field (the env var, lower-cased)
     "--run-ids": "filter_run_ids", "--difficulties": "filter_difficulties", "--statuses": "filter_statuses",
     "--mode": "filter_mode", "--max-example-tokens": "filter_max_example_tokens",
     "--validation-fraction": "filter_validation_fraction", "--validation-output": "filter_validation_jsonl",
-    "--relabel": "filter_relabel",
+    "--relabel": "filter_relabel", "--reasoning": "filter_reasoning",
 }
 SWITCHES = {"--include-eval": "filter_include_eval", "--dedup": "filter_dedup"}  # also --no-…
 SHORT = {"--db": "-d", "--output": "-o"}
@@ -238,6 +238,28 @@ def episode_example(session: dict, by_turn: dict, events: list[dict], skipped: C
     messages.append(tracing.message_dict(by_turn[last][1]))
     last_event = next(e for e in events if e["turn"] == last)
     return (training_example(session, messages), example_metadata(session, turns=len(usable)), last_event), None
+
+
+def shape_reasoning(reply: dict, style: str) -> dict:
+    """The trained reply with its reasoning as FILTER_REASONING asks: `subgoal` keeps what comes
+    before the first comma, without a leading 'subgoal:' (the teacher writes 'subgoal: what,
+    where'); `drop` removes it. A small model copies offsets badly, and each reply token costs
+    training and decoding time. The prompt is never touched."""
+    def shaped(text: str) -> str:
+        return text.removeprefix("subgoal:").split(",")[0].strip() if style == "subgoal" else ""
+    if reply.get("tool_calls"):
+        calls = []
+        for call in reply["tool_calls"]:
+            arguments = json.loads(call["function"]["arguments"])
+            reasoning = shaped(str(arguments.pop("reasoning", "")))
+            arguments = {"reasoning": reasoning, **arguments} if reasoning else arguments
+            calls.append({**call, "function": {**call["function"], "arguments": json.dumps(arguments)}})
+        return {**reply, "tool_calls": calls}
+    before, marker, actions = (reply["content"] or "").rpartition("Actions:")
+    if not marker:
+        return reply
+    reasoning = shaped(before)
+    return {**reply, "content": (f"{reasoning}\n" if reasoning else "") + marker + actions}
 
 
 def dedup_key(body: str, example: dict) -> bytes:
@@ -500,7 +522,9 @@ def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None,
 
 def emit(example: dict, metadata: dict, event: dict, s: FilterSettings, f: Funnel, writers, counter,
          seen: set) -> None:
-    """Count, check, dedup, split and write one example."""
+    """Shape, count, check, dedup, split and write one example."""
+    if s.filter_reasoning != "keep":
+        example["messages"][-1] = shape_reasoning(example["messages"][-1], s.filter_reasoning)
     if counter:
         tokens = counter.count(example, event)
         f.max_example_tokens_seen = max(f.max_example_tokens_seen, tokens)

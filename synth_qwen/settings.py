@@ -362,6 +362,7 @@ class FilterSettings(Settings):
     filter_mode: Literal["turn", "episode"] = "turn"  # one example per valid turn, or per episode
     filter_max_example_tokens: int | None = Field(None, ge=1)  # drop longer examples; none = no cap
     filter_dedup: bool = True
+    filter_reasoning: Literal["keep", "subgoal", "drop"] = "keep"  # the trained reply's reasoning text
     filter_validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # of seeds, not of examples
     filter_validation_jsonl: Path | None = None  # default: OUTPUT_JSONL with a _val suffix
     filter_dry_run: bool = False

@@ -157,3 +157,30 @@ def test_a_corrupted_trace_diverges_and_gives_no_example(student_db, tmp_path, c
 def test_bad_relabel_settings_exit_2_with_one_line(tmp_path, env, expected):
     done = cli(tmp_path, **env)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and expected in done.stderr
+
+
+@pytest.mark.parametrize("run_id", ["compact-h0", "text-h2"])
+def test_reasoning_styles_reshape_only_the_trained_reply(teacher_db, tmp_path, capsys, run_id):
+    """FILTER_REASONING: the teacher's 'subgoal: what, where' becomes 'what' (subgoal) or nothing
+    (drop); prompts, actions and everything else stay exactly as plain filtering writes them."""
+    _, _, plain, _ = run_filter(capsys, teacher_db, tmp_path / "plain.jsonl", *OPEN, "--run-ids", run_id)
+    for style in ("subgoal", "drop"):
+        _, _, shaped, _ = run_filter(capsys, teacher_db, tmp_path / f"{style}.jsonl", *OPEN, "--run-ids", run_id,
+                                     "--reasoning", style)
+        assert len(shaped) == len(plain) > 0
+        for line, original in zip(shaped, plain):
+            example, original = json.loads(line), json.loads(original)
+            assert example["messages"][:-1] == original["messages"][:-1]
+            reply, before = example["messages"][-1], original["messages"][-1]
+            if before.get("tool_calls"):
+                arguments = json.loads(reply["tool_calls"][0]["function"]["arguments"])
+                old = json.loads(before["tool_calls"][0]["function"]["arguments"])
+                assert arguments["actions"] == old["actions"]
+                reasoning, old_reasoning = arguments.get("reasoning"), old["reasoning"]
+            else:
+                (reasoning, actions), (old_reasoning, old_actions) = [
+                    ((text.split("\n")[0] if "\n" in text else None), text.split("\n")[-1])
+                    for text in (reply["content"], before["content"])]
+                assert actions == old_actions and actions.startswith("Actions: ")
+            expected = old_reasoning.removeprefix("subgoal: ").split(",")[0] if style == "subgoal" else None
+            assert old_reasoning.startswith("subgoal: ") and reasoning == expected

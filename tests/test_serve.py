@@ -111,20 +111,41 @@ def test_job_listing_pages_with_a_cursor(client, trained_job, tmp_path):
     assert trained_job.id in [job.id for job in next_page.data]
 
 
+def test_a_fine_tuned_model_fine_tunes_further_from_its_own_weights(client, trained_job, tmp_path):
+    """rounds' ROUNDS_INIT=previous: a job on an ft: model starts from that model's weights (its first
+    loss on the same data and seed is below the base model's first loss) and is named after the root
+    base model, as OpenAI names a fine-tune of a fine-tune."""
+    same_data = upload(client, tmp_path, crafter_examples(12, seed=1, with_history=True))
+    job = client.fine_tuning.jobs.create(model=trained_job.fine_tuned_model, training_file=same_data.id,
+                                         method=ONE_EPOCH, suffix="again", seed=7)
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.model == trained_job.fine_tuned_model and job.fine_tuned_model == f"ft:{TINY}:again:{job.id}"
+
+    def first_loss(job_id):
+        events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
+        return min((e for e in events if e.type == "metrics"), key=lambda e: e.data["step"]).data["train_loss"]
+    assert first_loss(job.id) < 0.95 * first_loss(trained_job.id)  # same data and seed: from base it is equal
+    example = crafter_examples(3, seed=99)[-1]
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=example["messages"][:-1],
+                                           tools=example["tools"], temperature=0, max_tokens=8)
+    assert reply.model == job.fine_tuned_model
+
+
 def test_training_changes_what_the_model_says(client, tmp_path):
     """Train only on `interact` calls with valid actions; the loss must fall steeply.
 
-    A tiny model trained from scratch for a dozen CPU steps does not yet emit a clean tool call
-    (measured: even ~40 steps of the 3.4M "small" model give malformed JSON), so this test checks
-    what such a short run does guarantee: the training loss of the last steps is well below that of
-    the first, the fine-tuned model's greedy answer differs from the base model's and opens a tool call
-    (`<tool_call>`), which the untrained model does not, and anything returned as a tool call is
-    well-formed.
+    A tiny model trained from scratch for two dozen CPU steps does not yet emit a clean tool call
+    (measured with the micro size: greedy output `{"name": "arguments": "arguments": …`, where the
+    untrained model emits only newlines), so this test checks what such a short run does guarantee:
+    the training loss of the last steps is well below that of the first, the fine-tuned model's
+    greedy answer differs from the base model's and starts writing a tool call's JSON (`{"name"`),
+    which the untrained model does not, and anything returned as a tool call is well-formed.
     """
     rows = crafter_examples(24, seed=3)
     training_file = upload(client, tmp_path, rows)
     job = client.fine_tuning.jobs.create(model=TINY, training_file=training_file.id, seed=3, hyperparameters={
-        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 3.0})
+        "n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 3.0})
     job = wait_for_job(client, job.id)
     assert job.status == "succeeded", job.error
     losses = [event.data["train_loss"] for event in client.fine_tuning.jobs.list_events(job.id, limit=100).data
@@ -142,8 +163,8 @@ def test_training_changes_what_the_model_says(client, tmp_path):
             assert call.id.startswith("call_") and isinstance(json.loads(call.function.arguments), dict)
     assert answers[TINY] != answers[job.fine_tuned_model]
     content, calls = answers[job.fine_tuned_model]
-    assert calls or (content or "").lstrip().startswith("<tool_call>")  # it learned to open a tool call
-    assert "<tool_call>" not in (answers[TINY][0] or "")  # which the untrained model does not do
+    assert calls or '{"name"' in (content or "")  # it learned to write a tool call
+    assert '{"name"' not in (answers[TINY][0] or "")  # which the untrained model does not do
 
 
 def test_concurrent_chat_requests_are_all_answered(client):

@@ -9,7 +9,7 @@ from synth_qwen.settings import SettingsError
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[1] / "env.example"
 STAGES = [settings.RolloutSettings, settings.EvalSettings, settings.FilterSettings, settings.KickoffSettings,
-          settings.ServeSettings]
+          settings.ServeSettings, settings.RoundsSettings]
 
 
 def test_env_example_lists_every_variable():
