@@ -111,7 +111,14 @@ class Rounds:
                            MIN_TOTAL_REWARD=-1e9, MIN_ACHIEVEMENTS=0,
                            FILTER_STATUSES="completed died max_steps agent_error", **common)
             elif kind == "rejection":
-                run_module("filter_traces", OUTPUT_JSONL=path, MIN_TOTAL_REWARD=self.s.rounds_min_reward, **common)
+                try:
+                    run_module("filter_traces", OUTPUT_JSONL=path, MIN_TOTAL_REWARD=self.s.rounds_min_reward, **common)
+                except StageFailed:
+                    if kinds == ["rejection"]:
+                        raise
+                    print(f"no episode of the student earned ROUNDS_MIN_REWARD={self.s.rounds_min_reward:g}: "
+                          "this round learns from the relabelled turns only", flush=True)
+                    continue
             else:
                 run_module("filter_traces", OUTPUT_JSONL=path, **common)
             files.append(path)

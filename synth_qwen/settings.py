@@ -12,9 +12,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -111,6 +111,9 @@ def normalize_db_url(url: str) -> str:
     return "sqlite:///" + url
 
 
+DbUrl = Annotated[str, AfterValidator(normalize_db_url)]  # every stage's CRAFTER_DB_URL
+
+
 def check_http_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
@@ -189,18 +192,13 @@ class RolloutSettings(Settings):
     crafter_prompt: Literal["full", "compact"] = "full"  # compact: a one-line system prompt (tiny models)
     crafter_think: bool | None = None  # sent as chat_template_kwargs.enable_thinking when set
     crafter_run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@-]{1,200}$")
-    crafter_db_url: str = DEFAULT_DB_URL
+    crafter_db_url: DbUrl = DEFAULT_DB_URL
     crafter_request_timeout_s: float = Field(120.0, gt=0)
     crafter_max_retries: int = Field(5, ge=0, le=50)
     crafter_max_invalid: int = Field(3, ge=1)  # consecutive invalid turns before agent_error
     crafter_price_input_per_m: float | None = Field(None, ge=0)  # USD per 1M prompt tokens
     crafter_price_output_per_m: float | None = Field(None, ge=0)  # USD per 1M completion tokens
     crafter_summary_json: Path | None = None
-
-    @field_validator("crafter_db_url")
-    @classmethod
-    def _db_url(cls, value: str) -> str:
-        return normalize_db_url(value)
 
     @field_validator("crafter_model")
     @classmethod
@@ -294,14 +292,9 @@ class RoundsSettings(Settings):
     rounds_run_prefix: str = Field("rounds", pattern=r"^[A-Za-z0-9_.:@-]{1,100}$")  # run ids: <prefix>-r<k>-…
     qwen_base_model: str = DEFAULT_MODEL
     crafter_seed: int = Field(1, ge=0, lt=2**31 - 1)  # training seeds: the teacher's, then each round's block
-    crafter_db_url: str = DEFAULT_DB_URL
+    crafter_db_url: DbUrl = DEFAULT_DB_URL
     eval_seed: int = Field(100_000, ge=0, lt=2**31 - 1)
     eval_episodes: int = Field(20, ge=1, le=100_000)
-
-    @field_validator("crafter_db_url")
-    @classmethod
-    def _db_url(cls, value: str) -> str:
-        return normalize_db_url(value)
 
     @field_validator("rounds_teacher")
     @classmethod
@@ -347,7 +340,7 @@ class FilterSettings(Settings):
     """filter_traces: traces -> SFT JSONL. Lists are space- or comma-separated; caps take "none" (off).
     The original's names are kept (MIN_TOTAL_REWARD, MODELS, …); the newer knobs are FILTER_*."""
 
-    crafter_db_url: str = DEFAULT_DB_URL
+    crafter_db_url: DbUrl = DEFAULT_DB_URL
     output_jsonl: Path = Path("ft_data/qwen4b_crafter_sft.jsonl")
     min_total_reward: float = 1.0  # sum of Crafter's per-step rewards in the episode
     min_achievements: int = Field(0, ge=0, le=22)  # distinct achievements unlocked in the episode
@@ -368,11 +361,6 @@ class FilterSettings(Settings):
     filter_dry_run: bool = False
     filter_json: bool = False  # the funnel as JSON on stdout
     filter_relabel: str | None = None  # a teacher re-answers every turn of the kept episodes (DAgger)
-
-    @field_validator("crafter_db_url")
-    @classmethod
-    def _db_url(cls, value: str) -> str:
-        return normalize_db_url(value)
 
     @field_validator("max_cost", "max_tokens", "filter_max_example_tokens", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ def quickstart(tmp_path_factory):
            if not k.startswith(("CRAFTER_", "OPENAI_", "SYNTH_", "LEARNING_", "EVAL_", "SFT_", "QWEN_", "SERVE_",
                                 "ROUNDS", "FILTER_"))}
     env.update(QUICKSTART_SMOKE="1", QUICKSTART_DIR=str(work), PY=sys.executable, SERVE_TINY_SIZE="micro",
-               ROUNDS="2")  # the default is one round; the smoke run covers a DAgger round too
+               ROUNDS="2", ROUNDS_DATA="both")  # the default is one round; the smoke covers a DAgger round
     done = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1100)
     output = done.stdout + done.stderr
@@ -50,6 +50,11 @@ def test_quickstart_prints_the_round_table(quickstart):
     assert table.count("| 0 | `ft:") == 1 and table.count("| 1 | `ft:") == 1 and "References on the same seeds" in table
     assert "== rounds ==" in output and result["verdict"] in output and (work / "rounds.png").exists()
     assert "quickstart finished in" in output
+    own = work / "round1-rejection.jsonl"  # ROUNDS_DATA=both: the student's own rewarded episodes, if any
+    assert (own.exists() and all(json.loads(line)["metadata"]["model"] == rounds[0]["model"]
+                                 and "relabelled_by" not in json.loads(line)["metadata"]
+                                 for line in own.read_text().splitlines())) \
+        or "this round learns from the relabelled turns only" in output
     # every stage's sessions: the teacher and the student on training seeds, every model on the eval seeds
     sessions = tracing.sessions(engine)
     plays = {s["run_id"]: s["model"] for s in sessions if s["purpose"] == "rollout"}
