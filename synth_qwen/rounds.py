@@ -71,7 +71,8 @@ def check_seeds(s: RoundsSettings) -> None:
 # Stages: the real modules, as a user would run them
 
 def run_module(module: str, **env: str | int | float) -> None:
-    print(f"\n-- python -m synth_qwen.{module}  " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    shown = " ".join(f"{k}={redact(str(v))}" for k, v in env.items())  # a DB URL may hold a password
+    print(f"\n-- python -m synth_qwen.{module}  {shown}", flush=True)
     result = subprocess.run([sys.executable, "-m", f"synth_qwen.{module}"],
                             env={**os.environ, **{k: str(v) for k, v in env.items()}})
     if result.returncode == 130:
