@@ -3,17 +3,18 @@
 # A thin script: every step is the real module, called with env vars exactly as in the README's
 # step-by-step section. A second run reuses what exists (traces, the finished job, eval episodes).
 #   QUICKSTART_SMOKE=1   a reduced run (CI)       QUICKSTART_DIR=path   where everything goes
+#   ROUNDS=2             add a DAgger round (README "Results" measures it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
-#   ROUNDS=2             add a DAgger round (README "Results": measured, it does not help yet)
-if [ "${QUICKSTART_SMOKE:-0}" = 1 ]; then
-  TEACHER_EPISODES=6  STUDENT_EPISODES=3  TURNS=8  EVAL_EPISODES=4  EPOCHS=1 WORK=${QUICKSTART_DIR:-runs/quickstart-smoke}
+if [ "${QUICKSTART_SMOKE:-0}" = 1 ]; then  # tiny sizes, and a DAgger round so that every stage runs
+  TEACHER_EPISODES=6  STUDENT_EPISODES=3  TURNS=8  EVAL_EPISODES=4  EPOCHS=1 ROUNDS=${ROUNDS:-2}
+  WORK=${QUICKSTART_DIR:-runs/quickstart-smoke}
 else
-  TEACHER_EPISODES=40 STUDENT_EPISODES=20 TURNS=30 EVAL_EPISODES=20 EPOCHS=3 WORK=${QUICKSTART_DIR:-runs/quickstart}
+  TEACHER_EPISODES=40 STUDENT_EPISODES=20 TURNS=30 EVAL_EPISODES=20 EPOCHS=3 ROUNDS=${ROUNDS:-1}
+  WORK=${QUICKSTART_DIR:-runs/quickstart}
 fi
-ROUNDS=${ROUNDS:-1}
 mkdir -p "$WORK"
 DB="sqlite:///$WORK/traces.db"
 # The tiny model's prompt shape, shared by every rollout, its training data and the evaluation (train
