@@ -4,7 +4,8 @@ The agent sees what `Observation` shows (the 9x7 view, vitals, inventory, facing
 remembers earlier views of the episode in a map it builds by dead reckoning. Each turn it walks a
 prioritized table of subgoals (`ExpertAgent.SUBGOALS`) and takes the first that yields a plan:
 
-    sleeping → fight → urgent drink/food → cheap wins (plant, wake_up) → shelter at night → craft → wood → table → sapling →
+    sleeping → fight → urgent drink/food → cheap wins (a new achievement one action away, the
+    first sapling, one nap for wake_up) → shelter at night → craft → wood → table → sapling →
     stone → place_stone → furnace → coal → iron → diamond → top up drink/food → eat plant → explore
 
 Recipe costs come from `crafter.constants` at run time. Movement rules it relies on (objects.py):

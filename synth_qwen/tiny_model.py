@@ -53,7 +53,8 @@ def chat_template(kind: str = "inference") -> str:
 def ensure(data_dir: str | Path, size: str = "small") -> Path:
     """Directory of the tiny model for `size`, building it once (atomic rename, safe across processes)."""
     corpus = corpus_texts()
-    key = hashlib.sha256(json.dumps([SIZES[size], corpus, chat_template(), INIT_SEED]).encode()).hexdigest()[:12]
+    recipe = [SIZES[size], corpus, chat_template(), INIT_SEED, domain_tokens()]  # any change: a new model
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
     target = Path(data_dir) / "base_models" / f"tiny-qwen3-{size}-{key}"
     if (target / "config.json").exists():
         return target
