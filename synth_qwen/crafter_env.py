@@ -425,6 +425,7 @@ def route_to(view: dict, facing: tuple[int, int], name: str) -> list[str] | None
 
 def observation_text(obs: Observation) -> str:
     """One documented text format (README 'Observation'); built from the world, not the image."""
+    ready = obs.ready  # a property that scans the recipes: once per observation
     counts: dict[str, int] = {}
     for name in obs.view.values():
         counts[name] = counts.get(name, 0) + 1
@@ -439,7 +440,7 @@ def observation_text(obs: Observation) -> str:
         + (" You are asleep." if obs.sleeping else ""),
         "Vitals: " + ", ".join(f"{name} {obs.vitals[name]}/9" for name in VITALS) + ".",
         "Inventory: " + (", ".join(f"{k} {v}" for k, v in obs.inventory.items()) or "empty") + ".",
-        *([f"New achievement ready: {', '.join(obs.ready)}."] if obs.ready else []),
+        *([f"New achievement ready: {', '.join(ready)}."] if ready else []),
         f"Achievements ({len(obs.achievements)}/22): " + (", ".join(obs.achievements) or "none") + ".",
         f"You see (offsets from you; E=right, W=left, N=up, S=down; everything else is {background}):",
     ]
