@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from synth_qwen import stats
 from synth_qwen.filter_traces import redact
 from synth_qwen.settings import RoundsSettings, exit_usage, install_sigterm_as_interrupt, load
 
@@ -196,12 +197,12 @@ def table_markdown(results: list[RoundResult], references: dict, temperatures: l
 def verdict(result: RoundResult, temperature: str) -> str:
     e = result.evals[temperature]
     low, high = e["vs_random_ci95"]
-    if low > 0:
-        how = "beats builtin:random: the paired 95 % CI of the difference is above 0"
-    elif high < 0:
-        how = "is worse than builtin:random: the paired 95 % CI of the difference is below 0"
-    else:
+    if not stats.excludes_zero((low, high)):
         how = "is not distinguishable from builtin:random: the paired 95 % CI of the difference includes 0"
+    elif low > 0:
+        how = "beats builtin:random: the paired 95 % CI of the difference is above 0"
+    else:
+        how = "is worse than builtin:random: the paired 95 % CI of the difference is below 0"
     return (f"Round {result.round}'s model {how} (progression {e['progression']:.1f} %, "
             f"{e['vs_random']:+.1f} points vs random, 95 % CI {low:+.1f} to {high:+.1f}; T={temperature}).")
 
