@@ -15,14 +15,14 @@ from synth_qwen.crafter_env import ACTIONS, CrafterEnv
 
 def steps_per_second(env, actions) -> float:
     """Step time only: world generation after a death is timed by reset_ms, not here."""
-    env.reset()
+    env.start()
     elapsed = 0.0
     for action in actions:
         start = time.perf_counter()
-        result = env.step(int(action))
+        result = env.act(int(action))
         elapsed += time.perf_counter() - start
         if result[2] if isinstance(result, tuple) else result.done:
-            env.reset()
+            env.start()
     return len(actions) / elapsed
 
 
@@ -32,7 +32,7 @@ def reset_ms(make_env, count: int) -> tuple[float, float]:
     for seed in range(count):
         env = make_env(seed)
         start = time.perf_counter()
-        env.reset()
+        env.start()
         times.append((time.perf_counter() - start) * 1000)
     return times[0], statistics.median(times[1:])
 

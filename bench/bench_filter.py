@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from synth_qwen import tracing
-from synth_qwen.crafter_env import ACHIEVEMENTS, ACTIONS, interact_tool, system_prompt
+from synth_qwen.action_schema import interact_tool, system_prompt, tool_call
+from synth_qwen.crafter_env import ACHIEVEMENTS, ACTIONS
+from synth_qwen.tracing import LMEvent, Message
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = 2
@@ -49,16 +51,14 @@ def write_episode(engine, run_id: str, seed: int, turns: int, system: str, tools
         call_id = f"call_{seed}_{turn}"
         arguments = f'{{"reasoning": "gather wood near the trees", "actions": {str(actions).replace(chr(39), chr(34))}}}'
         answer = f"Executed: {', '.join(actions)}. Reward: +0.0. New achievements: none."
-        calls = [{"id": call_id, "type": "function", "function": {"name": "interact", "arguments": arguments}}]
-        messages += [  # every row has every column: an executemany takes its columns from the first row
-            {"turn": turn, "position": 0, "role": "user", "content": observation(rng, turn * 3),
-             "tool_calls": None, "tool_call_id": None},
-            {"turn": turn, "position": 1, "role": "assistant", "content": None, "tool_calls": calls, "tool_call_id": None},
-            {"turn": turn, "position": 2, "role": "tool", "content": answer, "tool_calls": None, "tool_call_id": call_id}]
-        events.append({"turn": turn, "event_type": "lm_call", "model": "Qwen/Qwen3-4B-Instruct-2507",
-                       "prompt_tokens": 900, "completion_tokens": 40, "cost_usd": 0.0001, "latency_s": 0.5,
-                       "finish_reason": "tool_calls", "valid": True, "attempts": 1,
-                       "history_turns": history[-HISTORY:], "created_at": tracing.utc_now()})
+        calls = [tool_call(call_id, arguments)]
+        messages += [Message(turn, 0, "user", observation(rng, turn * 3)),
+                     Message(turn, 1, "assistant", None, calls),
+                     Message(turn, 2, "tool", answer, tool_call_id=call_id)]
+        events.append(LMEvent(turn=turn, event_type="lm_call", model="Qwen/Qwen3-4B-Instruct-2507",
+                              prompt_tokens=900, completion_tokens=40, cost_usd=0.0001, latency_s=0.5,
+                              finish_reason="tool_calls", valid=True, attempts=1,
+                              history_turns=history[-HISTORY:], created_at=tracing.utc_now()))
         history.append(turn)
     achievements = sorted(rng.sample(ACHIEVEMENTS, rng.randint(1, 8)))
     tracing.finish_session(engine, session_id, {

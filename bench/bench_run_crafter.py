@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from synth_qwen.crafter_env import CrafterEnv
+from synth_qwen.observation import observe
 from synth_qwen.policy import random_decider
-from synth_qwen.run_crafter import play
+from synth_qwen.progress import play
 from synth_qwen.settings import RolloutSettings
 
 
@@ -33,18 +34,19 @@ def bare_loop(episodes: int, turns: int, actions_per_turn: int) -> int:
     steps = 0
     for seed in range(1, episodes + 1):
         env, decide = CrafterEnv(seed=seed, difficulty="normal"), random_decider(seed, actions_per_turn)
-        observation = env.reset()
+        env.start()
+        observation = observe(env)
         for _ in range(turns):
             actions, _ = decide(observation)
             done = False
             for action in actions:
                 steps += 1
-                if env.step(action).done:
+                if env.act(action).done:
                     done = True
                     break
             if done:
                 break
-            observation = env.observe()
+            observation = observe(env)
     return steps
 
 
@@ -57,7 +59,7 @@ def harness_overhead(tmp: Path, episodes: int, turns: int) -> None:
     start = time.perf_counter()
     result = asyncio.run(play(config, "bench-random", "rollout", "random"))
     runner_s = time.perf_counter() - start
-    runner_steps = sum(s["env_steps"] for s in result.sessions)
+    runner_steps = sum(s.env_steps for s in result.sessions)
     print(f"\n1. harness overhead ({episodes} episodes x {turns} turns of builtin:random, normal)")
     print("| loop | env steps | steps/s |\n|---|---|---|")
     print(f"| bare CrafterEnv loop | {bare_steps:,} | {bare_steps / bare_s:,.0f} |")
@@ -89,7 +91,7 @@ def concurrency(tmp: Path, turns: int) -> Path:
     finally:
         server.terminate()
         server.wait()
-    calls = sum(s["turns"] for s in result.sessions)
+    calls = sum(s.turns for s in result.sessions)
     ideal = 32 / 0.2
     print(f"\n2. concurrency (scripted endpoint, 200 ms latency, 32 episodes x {turns} turns, 32 at once)")
     print(f"achieved {calls / elapsed:.1f} turns/s vs ideal {ideal:.0f} -> efficiency {calls / elapsed / ideal:.2f} (target >= 0.9)")

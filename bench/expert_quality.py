@@ -12,25 +12,27 @@ import time
 from multiprocessing import Pool
 
 from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv
+from synth_qwen.observation import observe
 from synth_qwen.expert import ExpertAgent
 from synth_qwen.metrics import crafter_score
 
 
 def play_episode(seed: int, difficulty: str, turns: int, actions_per_turn: int) -> dict:
     env = CrafterEnv(seed=seed, difficulty=difficulty)
-    obs = env.reset()
+    env.start()
+    obs = observe(env)
     agent = ExpertAgent(max_actions=actions_per_turn, seed=seed)
     died = False
     for turn in range(turns):
         actions, _ = agent.act(obs)
         for action in actions:
-            result = env.step(action)
+            result = env.act(action)
             if result.done:
                 died = result.end_reason == "died"
                 break
         if result.done:
             break
-        obs = env.observe()
+        obs = observe(env)
     return dict(seed=seed, achievements=env.achievements, steps=env.steps, turns=turn + 1, died=died)
 
 

@@ -1,7 +1,10 @@
-"""Deterministic, fast Crafter with difficulty presets, a text observation and the action schema.
+"""Deterministic, fast Crafter with difficulty presets: the env. What the agent sees is `observation`,
+what it may say is `action_schema`, the geometry both use is `grid`.
 
-`CrafterEnv(seed, difficulty)` is a `crafter.Env` that
-- renders no image while playing (`render()` on demand still works);
+`CrafterEnv(seed, difficulty)` is a `crafter.Env` and keeps its contract: `reset()` returns the image,
+`step(action)` returns `(image, reward, done, info)`, so gym-style loops and `crafter.Recorder` work.
+Beside it, rollouts use `start()` and `act(name) -> StepResult`, which draw nothing. It
+- renders no image while playing with `act` (`render()` on demand still works);
 - is reproducible across processes: chunk balancing sees creatures sorted by position (stock
   iterates a `set` in identity order) and night-time render noise has its own RNG (stock draws
   it from the world RNG, so rendering changed the game);
@@ -17,12 +20,14 @@ import argparse
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 import crafter
 from crafter import constants, engine, objects
+
+from synth_qwen.grid import STOCK_VIEW, WORLD_SIZE, in_view
 
 ACTIONS: tuple[str, ...] = tuple(constants.actions)
 ACHIEVEMENTS: tuple[str, ...] = tuple(constants.achievements)
@@ -30,8 +35,6 @@ VITALS = ("health", "food", "drink", "energy")
 # The achievement an action earns at once (sleep: wake_up, when the player wakes with full energy).
 ACHIEVEMENT_OF = {action: "wake_up" if action == "sleep" else action
                   for action in ACTIONS if action == "sleep" or action in ACHIEVEMENTS}
-VIEW_WIDTH, VIEW_HEIGHT = 9, 7  # the visible world around the player (stock local view)
-WORLD_SIZE = 64
 DEFAULT_LENGTH = 10_000  # Crafter's own episode cap in env steps
 
 # Each preset scales what stock worldgen produced and the creature targets of chunk balancing.
@@ -65,12 +68,6 @@ CREATURE_EDITS = {
 }
 SAFE_START_RADIUS = 6  # preset edits never put lava or hostiles this close to the start
 
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-COMPASS = {(-1, 0): "west", (1, 0): "east", (0, -1): "north", (0, 1): "south"}
-MOVE_FOR = {(-1, 0): "move_left", (1, 0): "move_right", (0, -1): "move_up", (0, 1): "move_down"}
-# Things worth walking to and facing; the observation shows the route to the nearest one.
-TARGETS = ("tree", "water", "stone", "coal", "iron", "diamond", "cow", "zombie", "skeleton",
-           "ripe plant", "sapling")
 
 
 def preset(difficulty: str) -> dict[str, float]:
@@ -117,19 +114,22 @@ class StepResult:
 class CrafterEnv(crafter.Env):
     """Stock Crafter rules; deterministic; no rendering unless asked; one preset per instance."""
 
-    def __init__(self, seed: int = 0, difficulty: str = "normal", length: int = DEFAULT_LENGTH):
+    def __init__(self, seed: int = 0, difficulty: str = "normal", length: int = DEFAULT_LENGTH,
+                 size=(WORLD_SIZE, WORLD_SIZE), reward: bool = True):
         self.difficulty = difficulty
         self.preset = preset(difficulty)
         # Stock __init__ loads textures and builds views; we defer all drawing to render().
         self._area = (WORLD_SIZE, WORLD_SIZE)
-        self._view = np.array((9, 9))
-        self._size = np.array((WORLD_SIZE, WORLD_SIZE))
-        self._reward = True
+        self._view = np.array((STOCK_VIEW, STOCK_VIEW))
+        self._size = np.array(size if hasattr(size, "__len__") else (size, size))
+        self._reward = reward
         self._length = length
         self._seed = int(seed)
         self._episode = 0
         self._world = engine.World(self._area, constants.materials, (12, 12))
         self._views = None
+        self._sem_view = engine.SemanticView(self._world, [
+            objects.Player, objects.Cow, objects.Zombie, objects.Skeleton, objects.Arrow, objects.Plant])
         self._step = None
         self._player = None
         self._last_health = None
@@ -137,19 +137,33 @@ class CrafterEnv(crafter.Env):
         self.reward_range = None
         self.metadata = None
 
+    # -- Crafter's own API: an image observation and a gym-style step ------------------
+    def reset(self) -> np.ndarray:
+        """Stock contract: start the next episode and return its image (drawing costs time;
+        rollouts call start() and act() instead)."""
+        self.start()
+        return self.render()
+
+    def step(self, action) -> tuple[np.ndarray, float, bool, dict]:
+        """Stock contract: (image, reward, done, info) with stock's info keys."""
+        result = self.act(action)
+        info = {"inventory": self._player.inventory.copy(), "achievements": self._player.achievements.copy(),
+                "discount": 1 - float(result.end_reason == "died"), "semantic": self._sem_view(),
+                "player_pos": self._player.pos, "reward": result.reward}
+        return self.render(), result.reward if self._reward else 0.0, result.done, info
+
     # -- episodes ----------------------------------------------------------------------
     @property
     def episode(self) -> int:
         return self._episode
 
-    def reset(self, episode: int | None = None) -> "Observation":
-        """Start episode `episode` (default: the next one) of this seed; stock world + preset."""
+    def start(self, episode: int | None = None) -> None:
+        """Start episode `episode` (default: the next one) of this seed: stock world + preset, no image."""
         if episode is not None:
             self._episode = int(episode) - 1  # stock reset() increments first
         self._views = None
         super().reset()
         self._apply_preset()
-        return self.observe()
 
     def _obs(self):
         return None  # stock renders a 64x64 image every step; rollouts never look at it
@@ -222,8 +236,8 @@ class CrafterEnv(crafter.Env):
         return cls(self._world, pos, self._player)
 
     # -- stepping ----------------------------------------------------------------------
-    def step(self, action: str | int) -> StepResult:
-        """One env step. Accepts an action name or index; returns reward and what changed."""
+    def act(self, action: str | int) -> StepResult:
+        """One env step, no image. Accepts an action name or index; returns reward and what changed."""
         name = ACTIONS[action] if isinstance(action, (int, np.integer)) else action
         if name not in ACTIONS:
             raise ValueError(f"unknown action {name!r}")
@@ -284,9 +298,6 @@ class CrafterEnv(crafter.Env):
             self._views = True
         return super().render(size)
 
-    def observe(self) -> "Observation":
-        return observe(self)
-
     def world_hash(self) -> str:
         """A digest of everything that evolves: materials, creatures, the player's state."""
         digest = hashlib.sha1(self._world._mat_map.tobytes())
@@ -307,239 +318,6 @@ class CrafterEnv(crafter.Env):
 
 
 # ---------------------------------------------------------------------------------------
-# The observation: what the agent sees, as data (for the expert) and as text (for models)
-
-@dataclass(frozen=True)
-class Observation:
-    step: int
-    daylight: float
-    vitals: dict[str, int]
-    inventory: dict[str, int]
-    achievements: tuple[str, ...]
-    facing: tuple[int, int]
-    sleeping: bool
-    view: dict[tuple[int, int], str] = field(repr=False)  # (dx east, dy south) -> what is there
-
-    @property
-    def is_night(self) -> bool:
-        return self.daylight < 0.35
-
-    @property
-    def in_front(self) -> str:
-        return self.view.get(self.facing, "edge of the world")
-
-    @property
-    def ready(self) -> list[str]:
-        """Actions that would work right now and earn an achievement not yet unlocked, by Crafter's
-        own rules: sleep below full energy (wake_up follows); place_* with the cost in hand, facing
-        a free cell of the right ground; make_* with the cost in hand and the stations within the
-        3x3 area around the player."""
-        def affordable(uses: dict) -> bool:
-            return all(self.inventory.get(item, 0) >= amount for item, amount in uses.items())
-        ahead = self.view.get(self.facing)  # a creature or plant there hides the ground: nothing fits
-        near = {self.view.get((dx, dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
-        works = {"sleep": self.vitals["energy"] < constants.items["energy"]["max"]}
-        works.update({f"place_{name}": ahead in rule["where"] and affordable(rule["uses"])
-                      for name, rule in constants.place.items()})
-        works.update({f"make_{name}": set(rule["nearby"]) <= near and affordable(rule["uses"])
-                      for name, rule in constants.make.items()})
-        return [action for action in ACTIONS if works.get(action) and ACHIEVEMENT_OF[action] not in self.achievements]
-
-    @property
-    def text(self) -> str:
-        return observation_text(self)
-
-
-def cell_name(material: str | None, obj) -> str:
-    if obj is None:
-        return material or "edge"
-    if isinstance(obj, objects.Plant):
-        return "ripe plant" if obj.ripe else "sapling"
-    return type(obj).__name__.lower()
-
-
-def observe(env: CrafterEnv) -> Observation:
-    world, player = env._world, env._player
-    view = {}
-    half_w, half_h = VIEW_WIDTH // 2, VIEW_HEIGHT // 2
-    px, py = int(player.pos[0]), int(player.pos[1])
-    for dx in range(-half_w, half_w + 1):
-        for dy in range(-half_h, half_h + 1):
-            if dx == 0 and dy == 0:
-                continue
-            x, y = px + dx, py + dy
-            if not (0 <= x < WORLD_SIZE and 0 <= y < WORLD_SIZE):
-                continue
-            material, obj = world[x, y]
-            view[(dx, dy)] = cell_name(material, obj)
-    inventory = {name: int(count) for name, count in player.inventory.items()
-                 if name not in VITALS and count > 0}
-    return Observation(
-        step=int(env._step), daylight=float(world.daylight),
-        vitals={name: int(player.inventory[name]) for name in VITALS},
-        inventory=inventory, achievements=tuple(sorted(env._unlocked)),
-        facing=tuple(int(v) for v in player.facing), sleeping=bool(player.sleeping), view=view)
-
-
-def offset_text(dx: int, dy: int) -> str:
-    """(2, -1) -> '2E 1N'. x grows east, y grows south."""
-    parts = []
-    if dx:
-        parts.append(f"{abs(dx)}{'E' if dx > 0 else 'W'}")
-    if dy:
-        parts.append(f"{abs(dy)}{'S' if dy > 0 else 'N'}")
-    return " ".join(parts)
-
-
-SEARCH_ORDER = ((0, 1), (-1, 0), (1, 0), (0, -1))  # south first: ties break the same way everywhere
-WALKABLE = frozenset(constants.walkable)
-HINT_LENGTH = 5  # the route shown per target: at most this many actions (the default turn size)
-
-
-def route_to(view: dict, facing: tuple[int, int], name: str) -> list[str] | None:
-    """The shortest action sequence, inside the visible window, that ends facing the nearest `name`
-    and acts on it (`do`). Breadth-first over (position, facing): a move onto open ground moves,
-    a move toward anything else only turns; lava and cells outside the view are never entered."""
-    start = ((0, 0), tuple(facing))
-    parent = {start: None}
-    queue = [start]
-    for state in queue:
-        (x, y), looking = state
-        if view.get((x + looking[0], y + looking[1])) == name:
-            moves = []
-            while parent[state] is not None:
-                state, move = parent[state]
-                moves.append(move)
-            return moves[::-1] + ["do"]
-        for d in SEARCH_ORDER:
-            ahead = (x + d[0], y + d[1])
-            cell = view.get(ahead)
-            if cell is None or cell == "lava":
-                continue
-            new = (ahead if cell in WALKABLE else (x, y), d)
-            if new not in parent:
-                parent[new] = (state, MOVE_FOR[d])
-                queue.append(new)
-    return None
-
-
-def observation_text(obs: Observation) -> str:
-    """One documented text format (README 'Observation'); built from the world, not the image."""
-    ready = obs.ready  # a property that scans the recipes: once per observation
-    counts: dict[str, int] = {}
-    for name in obs.view.values():
-        counts[name] = counts.get(name, 0) + 1
-    background = max(sorted(counts), key=counts.get) if counts else "grass"
-    groups: dict[str, list[tuple[int, int]]] = {}
-    for (dx, dy), name in obs.view.items():
-        if name != background:
-            groups.setdefault(name, []).append((dx, dy))
-    lines = [
-        f"Step {obs.step}, {'night' if obs.is_night else 'day'}."
-        f" You face {COMPASS[obs.facing]}; in front of you: {obs.in_front}."
-        + (" You are asleep." if obs.sleeping else ""),
-        "Vitals: " + ", ".join(f"{name} {obs.vitals[name]}/9" for name in VITALS) + ".",
-        "Inventory: " + (", ".join(f"{k} {v}" for k, v in obs.inventory.items()) or "empty") + ".",
-        *([f"New achievement ready: {', '.join(ready)}."] if ready else []),
-        f"Achievements ({len(obs.achievements)}/22): " + (", ".join(obs.achievements) or "none") + ".",
-        f"You see (offsets from you; E=right, W=left, N=up, S=down; everything else is {background}):",
-    ]
-    by_distance = sorted(groups.items(), key=lambda item: min(abs(x) + abs(y) for x, y in item[1]))
-    for name, cells in by_distance:
-        cells.sort(key=lambda c: (abs(c[0]) + abs(c[1]), c))
-        route = route_to(obs.view, obs.facing, name) if name in TARGETS else None
-        hint = f" (go: {' '.join(route[:HINT_LENGTH])})" if route else ""
-        lines.append(f"- {name}: " + ", ".join(offset_text(*c) for c in cells) + hint)
-    return "\n".join(lines)
-
-
-def rules_summary() -> str:
-    """A system-prompt paragraph with the real rules and the real action names only."""
-    table = constants.place["table"]["uses"]
-    furnace = constants.place["furnace"]["uses"]
-    cost = lambda uses: " and ".join(f"{n} {k}" for k, n in uses.items())  # noqa: E731
-    return (
-        "You play Crafter, a 2D survival game on a 64x64 grid; you see 9 cells wide and 7 tall around you. "
-        "move_left/right/up/down go west/east/north/south (a move always turns you to face that way; "
-        "you only walk onto grass, sand and path; lava kills). 'do' acts on the cell you face: "
-        "collect wood from trees, drink from water, attack cows/zombies/skeletons (hitting a cow "
-        "until it dies eats it), eat ripe plants, and mine stone and coal (need a wood_pickaxe), iron "
-        "(stone_pickaxe) or diamond (iron_pickaxe). 'do' on grass sometimes gives a sapling; "
-        f"place_plant plants it. place_table needs {cost(table)}; place_furnace needs {cost(furnace)} and "
-        "a table nearby; place_stone puts a stone in front of you. make_wood_pickaxe/make_wood_sword "
-        "need a table next to you; make_stone_* also need stone; make_iron_* need a table and a furnace "
-        "nearby plus wood, coal and iron. Food, drink and energy fall over time: eat, drink, and sleep "
-        "when energy is low (sleep at night, safely walled in). Health regenerates while they are above 0. "
-        "Zombies come out on grass at night; skeletons shoot arrows in dark tunnels. Goal: unlock as many "
-        "of the 22 achievements as possible (collect_*, place_*, make_*, eat_*, defeat_*, wake_up)."
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Action schema: the 17 names are the single source of truth
-
-INTERACT_TOOL_NAME = "interact"
-
-
-def interact_tool(max_actions: int = 5) -> dict:
-    """The OpenAI tools entry for interact(actions: 1..N names, reasoning)."""
-    return {
-        "type": "function",
-        "function": {
-            "name": INTERACT_TOOL_NAME,
-            "description": f"Perform 1 to {max_actions} Crafter actions in order.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "reasoning": {"type": "string", "description": "Your current subgoal, briefly."},
-                    "actions": {
-                        "type": "array", "minItems": 1, "maxItems": max_actions,
-                        "items": {"type": "string", "enum": list(ACTIONS)},
-                        "description": "Action names, executed in order.",
-                    },
-                },
-                "required": ["actions"],
-            },
-        },
-    }
-
-
-def system_prompt(max_actions: int = 5, tool_mode: str = "tools", style: str = "full") -> str:
-    """`full`: the rules paragraph + action names (for real LLMs). `compact`: one line, for tiny
-    models that cannot use the rules and pay for every prompt token in training and inference."""
-    how = (f"Each turn, call the interact tool with 1 to {max_actions} actions."
-           if tool_mode == "tools" else
-           f"Each turn, answer with 1 to {max_actions} action names on one line, comma-separated, "
-           "e.g. 'Actions: move_left, do'.")
-    if style == "compact":
-        return f"You play Crafter. Unlock as many achievements as you can. {how}"
-    return f"{rules_summary()}\nActions: {', '.join(ACTIONS)}.\n{how}"
-
-
-def validate_actions(actions, max_actions: int = 5) -> tuple[list[str] | None, str | None]:
-    """(actions, None) when valid, else (None, reason) — unknown names are never noop."""
-    if not isinstance(actions, list) or not actions:
-        return None, "actions must be a non-empty list of action names"
-    if len(actions) > max_actions:
-        return None, f"at most {max_actions} actions per turn, got {len(actions)}"
-    unknown = [a for a in actions if not isinstance(a, str) or a not in ACTIONS]
-    if unknown:
-        return None, f"unknown action {unknown[0]!r}; valid actions: {', '.join(ACTIONS)}"
-    return list(actions), None
-
-
-def parse_interact_arguments(arguments: str, max_actions: int = 5) -> tuple[list[str] | None, str | None]:
-    """Validate the JSON arguments string of an interact tool call."""
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except json.JSONDecodeError:
-        return None, "interact arguments are not valid JSON"
-    if not isinstance(parsed, dict) or "actions" not in parsed:
-        return None, "interact arguments need an 'actions' list"
-    return validate_actions(parsed["actions"], max_actions)
-
-
-# ---------------------------------------------------------------------------------------
 # `python -m synth_qwen.crafter_env` — demo and per-preset statistics
 
 STAT_COLUMNS = ("tree", "coal", "iron", "diamond", "water", "lava", "cow", "zombie", "skeleton",
@@ -548,7 +326,7 @@ STAT_COLUMNS = ("tree", "coal", "iron", "diamond", "water", "lava", "cow", "zomb
 
 def world_stats(seed: int, difficulty: str, walk_steps: int = 300) -> dict[str, float]:
     env = CrafterEnv(seed=seed, difficulty=difficulty)
-    env.reset()
+    env.start()
     world = env._world
     stats = {name: int(world.count(name)) for name in ("tree", "coal", "iron", "diamond", "water", "lava")}
     for name, cls in (("cow", objects.Cow), ("zombie", objects.Zombie), ("skeleton", objects.Skeleton)):
@@ -556,11 +334,11 @@ def world_stats(seed: int, difficulty: str, walk_steps: int = 300) -> dict[str, 
     walk = np.random.RandomState(seed)
     seen = set()
     for _ in range(walk_steps):
-        env.step(int(walk.randint(1, 5)))  # random walk: the four moves
+        env.act(int(walk.randint(1, 5)))  # random walk: the four moves
         env._player.health = 9  # an invulnerable observer, so every preset is watched 300 steps
         px, py = env._player.pos
         for obj in world.objects:
-            if type(obj) is objects.Zombie and abs(obj.pos[0] - px) <= 4 and abs(obj.pos[1] - py) <= 3:
+            if type(obj) is objects.Zombie and in_view(obj.pos[0] - px, obj.pos[1] - py):
                 seen.add(id(obj))
     stats["zombies_seen_300"] = len(seen)
     return stats
@@ -584,19 +362,22 @@ def format_stats(table: dict[str, dict[str, float]]) -> str:
 
 def demo(episodes: int, seed: int) -> None:
     """Random play on each preset: one observation, then per-difficulty outcomes."""
+    from synth_qwen.observation import observe  # what the agent sees is built on top of this module
+
     env = CrafterEnv(seed=seed, difficulty="easy")
+    env.start()
     print("One text observation (seed %d, easy):\n" % seed)
-    print(env.reset().text, "\n")
+    print(observe(env).text, "\n")
     print(f"Random policy, {episodes} episodes per difficulty (until death or 10,000 steps):")
     for difficulty in DIFFICULTIES:
         lengths, unlocked = [], []
         for i in range(episodes):
             env = CrafterEnv(seed=seed + i, difficulty=difficulty)
-            env.reset()
+            env.start()
             actions = np.random.RandomState(seed + i)
             result = None
             while result is None or not result.done:
-                result = env.step(int(actions.randint(len(ACTIONS))))
+                result = env.act(int(actions.randint(len(ACTIONS))))
             lengths.append(env.steps)
             unlocked.append(len(env.achievements))
         print(f"  {difficulty:9s} mean length {np.mean(lengths):6.1f} steps, "

@@ -16,15 +16,16 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
 
 from rich.console import Console
 from rich.table import Table
 
-from synth_qwen import metrics, stats, tracing
+from synth_qwen import run_stats, stats, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS
+from synth_qwen.progress import console, play
 from synth_qwen.replay import replay_to_file
-from synth_qwen.run_crafter import console, never_reached_policy, new_run_id, play, run_summary
+from synth_qwen.rollout import new_run_id
+from synth_qwen.tracing import Session
 from synth_qwen.settings import (BUILTIN_POLICIES, EvalSettings, SettingsError, exit_usage, inference_base_url,
                                  install_sigterm_as_interrupt, load)
 
@@ -37,34 +38,18 @@ class ModelRun:
 
     run_id: str
     model: str
-    sessions: list[dict]
+    sessions: list[Session]
 
     @property
     def by_seed(self) -> dict[int, list[str]]:
-        return {s["seed"]: s["achievements"] or [] for s in self.sessions}
-
-
-# ---------------------------------------------------------------------------------------
-# The two statistics the CIs are about; both are the one definition in metrics
-
-def crafter_score(episodes: list[list[str]]) -> float:
-    return metrics.crafter_score(metrics.success_rates(episodes).values())
-
-
-def progression_pct(episodes: list[list[str]]) -> float:
-    return 100 * mean(metrics.progression(achievements) for achievements in episodes)
-
-
-def estimate(episodes: list[list[str]], statistic) -> dict:
-    low, high = stats.bootstrap_ci(episodes, statistic)
-    return {"value": round(statistic(episodes), 3), "ci95": [round(low, 3), round(high, 3)]}
+        return {s.seed: s.achievements for s in self.sessions}
 
 
 # ---------------------------------------------------------------------------------------
 # Getting the sessions: play them, or read finished runs
 
-def finished(sessions: list[dict]) -> list[dict]:
-    return sorted((s for s in sessions if s["status"] != "incomplete"), key=lambda s: s["seed"])
+def finished(sessions: list[Session]) -> list[Session]:
+    return sorted((s for s in sessions if s.finished), key=lambda s: s.seed)
 
 
 def play_models(settings: EvalSettings, eval_run_id: str) -> list[ModelRun]:
@@ -72,7 +57,7 @@ def play_models(settings: EvalSettings, eval_run_id: str) -> list[ModelRun]:
     runs = []
     for index, model in enumerate(settings.models):
         run_id = f"{eval_run_id}-m{index}"
-        others = {s["model"] for s in tracing.sessions(engine, tracing.session_traces.c.run_id == run_id)} - {model}
+        others = {s.model for s in tracing.sessions(engine, tracing.session_traces.c.run_id == run_id)} - {model}
         if others:
             exit_usage(f"EVAL_RUN_ID={eval_run_id!r} already holds {sorted(others)[0]} as model {index}; "
                        f"keep the same EVAL_MODELS order to resume, or start a new EVAL_RUN_ID")
@@ -99,10 +84,10 @@ def stored_runs(settings: EvalSettings) -> list[ModelRun]:
         if not sessions:
             exit_usage(f"EVAL_RUN_IDS: no sessions with run id {wanted!r} (or {wanted}-m0, -m1…) "
                        f"in {settings.crafter_db_url}")
-        by_run: dict[str, list[dict]] = {}
+        by_run: dict[str, list[Session]] = {}
         for session in sessions:  # oldest first, so model 0 comes first
-            by_run.setdefault(session["run_id"], []).append(session)
-        runs += [ModelRun(run_id, rows[0]["model"], finished(rows)) for run_id, rows in by_run.items()]
+            by_run.setdefault(session.run_id, []).append(session)
+        runs += [ModelRun(run_id, rows[0].model, finished(rows)) for run_id, rows in by_run.items()]
     engine.dispose()
     return runs
 
@@ -110,28 +95,21 @@ def stored_runs(settings: EvalSettings) -> list[ModelRun]:
 def evaluable(run: ModelRun) -> bool:
     """False when no episode ever reached its policy (e.g. the endpoint was unreachable). A model that
     answered but only with invalid turns is evaluable: scoring nothing is its result."""
-    return any(not never_reached_policy(s) for s in run.sessions)
+    return any(not s.never_reached_policy for s in run.sessions)
 
 
 # ---------------------------------------------------------------------------------------
 # The report
 
 def model_report(run: ModelRun) -> dict:
-    episodes = [s["achievements"] or [] for s in run.sessions]
-    summary = run_summary(run.sessions, wall_s=0.0)
-    n = len(episodes)
-    achievements = {}
-    for name in ACHIEVEMENTS:
-        successes = sum(name in e for e in episodes)
-        low, high = stats.wilson_interval(successes, n)
-        achievements[name] = {"successes": successes, "rate_pct": round(100 * successes / n, 1),
-                              "ci95_pct": [round(100 * low, 1), round(100 * high, 1)]}
-    ranked = sorted(run.sessions, key=lambda s: (s["num_achievements"] or 0, s["total_reward"] or 0.0, -s["seed"]))
+    episodes = [s.achievements for s in run.sessions]
+    summary = run_stats.summarize(run.sessions)
+    ranked = sorted(run.sessions, key=lambda s: (s.num_achievements, s.total_reward, -s.seed))
     return {
-        "model": run.model, "run_id": run.run_id, "episodes": n, "seeds": [s["seed"] for s in run.sessions],
-        "crafter_score": estimate(episodes, crafter_score),
-        "progression_pct": estimate(episodes, progression_pct),
-        "success_rates": achievements,
+        "model": run.model, "run_id": run.run_id, "episodes": len(episodes), "seeds": [s.seed for s in run.sessions],
+        "crafter_score": run_stats.estimate(episodes, run_stats.crafter_score),
+        "progression_pct": run_stats.estimate(episodes, run_stats.progression_pct),
+        "success_rates": run_stats.success_rates_with_ci(episodes),
         **{key: summary[key] for key in ("mean_achievements", "mean_reward", "mean_turns", "mean_env_steps",
                                          "invalid_turn_pct", "tokens_per_turn", "prompt_tokens",
                                          "completion_tokens", "cost_usd", "status_counts")},
@@ -139,8 +117,8 @@ def model_report(run: ModelRun) -> dict:
     }
 
 
-def episode_ref(session: dict) -> dict:
-    return {key: session[key] for key in ("session_id", "seed", "num_achievements", "total_reward", "status")}
+def episode_ref(session: Session) -> dict:
+    return {key: getattr(session, key) for key in ("session_id", "seed", "num_achievements", "total_reward", "status")}
 
 
 def comparison(baseline: ModelRun, other: ModelRun) -> dict:
@@ -151,7 +129,7 @@ def comparison(baseline: ModelRun, other: ModelRun) -> dict:
     result = {"model": other.model, "baseline": baseline.model, "paired_seeds": len(seeds)}
     if not seeds:
         return dict(result, sentence=f"{other.model} and {baseline.model} share no seeds: no paired comparison.")
-    for key, statistic in (("progression_pct", progression_pct), ("crafter_score", crafter_score)):
+    for key, statistic in (("progression_pct", run_stats.progression_pct), ("crafter_score", run_stats.crafter_score)):
         low, high = stats.paired_difference_ci(first, second, statistic)
         result[f"{key}_diff"] = {"value": round(statistic(second) - statistic(first), 3),
                                  "ci95": [round(low, 3), round(high, 3)]}
@@ -195,11 +173,11 @@ def build_report(runs: list[ModelRun], name: str, run_ids: str, db_url: str) -> 
     seed_sets = {tuple(m["seeds"]) for m in models}
     return {
         "name": name, "run_ids": run_ids, "created_at": tracing.utc_now(), "db_url": db_url,
-        "difficulty": sorted({s["difficulty"] for s in sessions}),
-        "max_turns": sorted({(s["metadata"] or {}).get("max_turns") for s in sessions} - {None}),
-        "actions_per_turn": sorted({(s["metadata"] or {}).get("actions_per_turn") for s in sessions} - {None}),
-        "purpose": sorted({s["purpose"] for s in sessions}),
-        "seeds": sorted({s["seed"] for s in sessions}), "same_seeds_for_every_model": len(seed_sets) == 1,
+        "difficulty": sorted({s.difficulty for s in sessions}),
+        "max_turns": sorted({s.metadata.get("max_turns") for s in sessions} - {None}),
+        "actions_per_turn": sorted({s.metadata.get("actions_per_turn") for s in sessions} - {None}),
+        "purpose": sorted({s.purpose for s in sessions}),
+        "seeds": sorted({s.seed for s in sessions}), "same_seeds_for_every_model": len(seed_sets) == 1,
         "models": models,
         "comparisons": [comparison(runs[0], run) for run in runs[1:]],
     }
@@ -381,7 +359,7 @@ def main() -> int:
         runs = stored_runs(settings)
     for run in runs:
         if not evaluable(run):
-            reason = run.sessions[0]["status_reason"] if run.sessions else "no finished episode"
+            reason = run.sessions[0].status_reason if run.sessions else "no finished episode"
             console.print(f"warning: {run.model} (run {run.run_id}) left out of the report: it never answered "
                           f"({reason})", highlight=False)
     runs = [run for run in runs if run.sessions and evaluable(run)]

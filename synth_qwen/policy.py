@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import time
 from dataclasses import dataclass, field
 
 import openai
 from openai.types.chat import ChatCompletion
 
-from synth_qwen.crafter_env import ACTIONS, INTERACT_TOOL_NAME, Observation, parse_interact_arguments, validate_actions
+from synth_qwen.action_schema import (INTERACT_TOOL_NAME, interact_call, parse_interact_arguments, parse_text_actions,
+                                      text_answer, tool_call)
+from synth_qwen.crafter_env import ACTIONS
+from synth_qwen.observation import Observation
 from synth_qwen.settings import RolloutSettings
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -43,40 +45,16 @@ class Reply:
         return message
 
 
-def tool_call(call_id: str, actions: list[str], reasoning: str) -> dict:
-    arguments = json.dumps({"reasoning": reasoning, "actions": actions})
-    return {"id": call_id, "type": "function", "function": {"name": INTERACT_TOOL_NAME, "arguments": arguments}}
-
-
 def actions_from_reply(reply: Reply, tool_mode: str, max_actions: int) -> tuple[list[str] | None, str | None]:
     """The valid action list of a reply, or (None, why it is invalid)."""
     if tool_mode == "tools":
         calls = [c for c in reply.tool_calls if c.get("function", {}).get("name") == INTERACT_TOOL_NAME]
         if not calls:
             named = [c.get("function", {}).get("name") for c in reply.tool_calls]
-            return None, (f"unknown tool {named[0]!r}; call interact" if named else
+            return None, (f"unknown tool {named[0]!r}; call {INTERACT_TOOL_NAME}" if named else
                           "no interact tool call in the reply")
         return parse_interact_arguments(calls[0]["function"].get("arguments", ""), max_actions)
     return parse_text_actions(reply.content or "", max_actions)
-
-
-ACTION_LINE = re.compile(r"actions?\s*:\s*(.+)", re.IGNORECASE)
-
-
-def parse_text_actions(text: str, max_actions: int) -> tuple[list[str] | None, str | None]:
-    """Text mode: 'Actions: move_left, do' (the last such line), else action names in order."""
-    lines = ACTION_LINE.findall(text)
-    if lines:
-        words = [w.strip(" .`'\"[]()*") for w in re.split(r"[,\s]+", lines[-1]) if w.strip(" .`'\"[]()*")]
-        return validate_actions(words, max_actions)
-    found = re.findall(r"\b(" + "|".join(sorted(ACTIONS, key=len, reverse=True)) + r")\b", text)
-    if not found:
-        return None, "no action names found; answer 'Actions: name, name'"
-    return validate_actions(found[:max_actions], max_actions)
-
-
-def text_reply(actions: list[str], reasoning: str) -> str:
-    return f"{reasoning}\nActions: {', '.join(actions)}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -86,9 +64,9 @@ def builtin_reply(actions: list[str], reasoning: str, tool_mode: str, session_id
     """A builtin decision as an LLM-shaped reply: an interact call (its id names session and
     turn) or text. Relabelling uses it too, so a teacher's label is the very reply it plays."""
     if tool_mode == "tools":
-        call = tool_call(f"call_{session_id[-8:]}_{turn}", actions, reasoning)
+        call = interact_call(f"call_{session_id[-8:]}_{turn}", actions, reasoning)
         return Reply(content=None, tool_calls=[call], finish_reason="tool_calls")
-    return Reply(content=text_reply(actions, reasoning), finish_reason="stop")
+    return Reply(content=text_answer(actions, reasoning), finish_reason="stop")
 
 
 class BuiltinAgent:
@@ -179,8 +157,7 @@ class EndpointPolicy:
             raise ValueError("response has no choices")
         choice = completion.choices[0]
         message = choice.message
-        calls = [{"id": c.id or f"call_{i}", "type": "function",
-                  "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        calls = [tool_call(c.id or f"call_{i}", c.function.arguments, c.function.name)
                  for i, c in enumerate(message.tool_calls or [])]
         usage = completion.usage
         prompt_tokens = getattr(usage, "prompt_tokens", None) if usage else None

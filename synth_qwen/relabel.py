@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 from synth_qwen.crafter_env import CrafterEnv
 from synth_qwen.expert import ExpertAgent
+from synth_qwen.observation import observe
 from synth_qwen.policy import builtin_reply
 from synth_qwen.replay import step_divergence
+from synth_qwen.settings import DEFAULT_ACTIONS_PER_TURN  # for sessions whose metadata lacks it
+from synth_qwen.tracing import LMEvent, Message, Session, Step
 
-DEFAULT_ACTIONS_PER_TURN = 5  # the runner's default, for sessions whose metadata lacks it
 
 
 @dataclass
@@ -29,36 +31,36 @@ class TeacherTurn:
     differs: bool  # the student's turn was invalid (or its call failed), or began with another action
 
 
-def teacher_replies(session: dict, events: list[dict], by_turn: dict[int, list[dict]],
-                    steps: list[dict]) -> tuple[list[TeacherTurn], str | None]:
-    """The teacher's reply on every turn of the session (tracing rows: events by turn, messages
-    by turn, steps in step order); ([], the first divergence as one line) when the replay does
-    not reproduce what the student saw and did."""
-    env = CrafterEnv(seed=session["seed"], difficulty=session["difficulty"])
-    env.reset()
+def teacher_replies(session: Session, events: list[LMEvent], by_turn: dict[int, list[Message]],
+                    steps: list[Step]) -> tuple[list[TeacherTurn], str | None]:
+    """The teacher's reply on every turn of the session (events by turn, messages by turn, steps in
+    step order); ([], the first divergence as one line) when the replay does not reproduce what the
+    student saw and did."""
+    env = CrafterEnv(seed=session.seed, difficulty=session.difficulty)
+    env.start()
     start = env._player.pos.copy()
-    max_actions = (session["metadata"] or {}).get("actions_per_turn", DEFAULT_ACTIONS_PER_TURN)
-    teacher = ExpertAgent(max_actions=max_actions, seed=session["seed"])
-    tool_mode = "tools" if session["tools"] else "text"
-    executed: dict[int, list[dict]] = {}
+    max_actions = session.metadata.get("actions_per_turn", DEFAULT_ACTIONS_PER_TURN)
+    teacher = ExpertAgent(max_actions=max_actions, seed=session.seed)
+    tool_mode = "tools" if session.tools else "text"
+    executed: dict[int, list[Step]] = {}
     for row in steps:
-        executed.setdefault(row["turn"], []).append(row)
+        executed.setdefault(row.turn, []).append(row)
     replies = []
     for event in events:
-        turn = event["turn"]
-        observation = env.observe()
-        sent = by_turn[turn][0]["content"] if turn in by_turn else None
+        turn = event.turn
+        observation = observe(env)
+        sent = by_turn[turn][0].content if turn in by_turn else None
         if sent is None or not (sent == observation.text or sent.endswith("\n" + observation.text)):
             return [], f"turn {turn}: the replay does not show the observation the student was sent"
         actions, reasoning = teacher.act(observation)
         student = executed.get(turn, [])  # none when the student's turn was invalid
         for row in student:
-            divergence = step_divergence(env, row, env.step(row["action"]))
+            divergence = step_divergence(env, row, env.act(row.action))
             if divergence:
                 return [], divergence
-        teacher.executed([row["action"] for row in student], tuple(int(v) for v in env._player.pos - start))
-        reply = builtin_reply(actions, reasoning, tool_mode, session["session_id"], turn).assistant_message()
-        replies.append(TeacherTurn(turn, reply, differs=not student or student[0]["action"] != actions[0]))
-        if student and student[-1]["done_reason"]:
+        teacher.executed([row.action for row in student], tuple(int(v) for v in env._player.pos - start))
+        reply = builtin_reply(actions, reasoning, tool_mode, session.session_id, turn).assistant_message()
+        replies.append(TeacherTurn(turn, reply, differs=not student or student[0].action != actions[0]))
+        if student and student[-1].done_reason:
             break  # the episode ended on this turn
     return replies, None

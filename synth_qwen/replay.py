@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw, ImageFont
 
 from synth_qwen import tracing
+from synth_qwen.tracing import Session, Step
 from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, StepResult
 from synth_qwen.settings import DEFAULT_DB_URL, exit_usage, load_dotenv_once, normalize_db_url
 
@@ -34,8 +35,8 @@ REWARD_TOLERANCE = 1e-9  # rewards are multiples of 0.1 stored as floats: exact 
 
 @dataclass
 class Trace:
-    session: dict
-    steps: list[dict]  # session_timesteps rows in step order
+    session: Session
+    steps: list[Step]  # in step order
 
 
 def load_trace(engine: sa.Engine, session_id: str) -> Trace:
@@ -43,20 +44,20 @@ def load_trace(engine: sa.Engine, session_id: str) -> Trace:
     found = tracing.sessions(engine, tracing.session_traces.c.session_id == session_id)
     if not found:
         raise LookupError(f"no session {session_id!r} in the trace DB")
-    if found[0]["status"] == "incomplete":
+    if not found[0].finished:
         raise LookupError(f"session {session_id} never finished (status incomplete): nothing to replay")
     with engine.connect() as conn:
         return Trace(found[0], tracing.session_steps(conn, session_id))
 
 
-def step_divergence(env: CrafterEnv, row: dict, result: StepResult) -> str | None:
+def step_divergence(env: CrafterEnv, row: Step, result: StepResult) -> str | None:
     """How a re-played step differs from its trace row, as one line; None when it reproduced."""
-    recorded_new = list(row["new_achievements"] or [])
-    if (env.steps != row["step_index"] or abs(result.reward - row["reward"]) > REWARD_TOLERANCE
-            or list(result.new_achievements) != recorded_new or result.end_reason != row["done_reason"]):
-        return (f"step {row['step_index']} (turn {row['turn']}, {row['action']}): the trace records "
-                f"reward {row['reward']:+.1f}, new achievements {recorded_new or 'none'}, end "
-                f"{row['done_reason']}; the replay gives reward {result.reward:+.1f}, new "
+    recorded_new = list(row.new_achievements or [])
+    if (env.steps != row.step_index or abs(result.reward - row.reward) > REWARD_TOLERANCE
+            or list(result.new_achievements) != recorded_new or result.end_reason != row.done_reason):
+        return (f"step {row.step_index} (turn {row.turn}, {row.action}): the trace records "
+                f"reward {row.reward:+.1f}, new achievements {recorded_new or 'none'}, end "
+                f"{row.done_reason}; the replay gives reward {result.reward:+.1f}, new "
                 f"achievements {list(result.new_achievements) or 'none'}, end {result.end_reason}")
     return None
 
@@ -65,27 +66,27 @@ def replay(trace: Trace, size: int | None = None) -> tuple[list[np.ndarray], str
     """Re-play the trace; returns the frames (only when `size` is given) and the first divergence
     from the trace as one line, or None when every step reproduced exactly."""
     session = trace.session
-    env = CrafterEnv(seed=session["seed"], difficulty=session["difficulty"])
-    env.reset()
+    env = CrafterEnv(seed=session.seed, difficulty=session.difficulty)
+    env.start()
     unlocked: list[str] = []
     frames = [frame(env, size, "start", unlocked, [])] if size else []
     total_reward = 0.0
     for row in trace.steps:
-        result = env.step(row["action"])
+        result = env.act(row.action)
         divergence = step_divergence(env, row, result)
         if divergence:
             return frames, divergence
         total_reward += result.reward
         unlocked.extend(result.new_achievements)
         if size:
-            label = f"step {env.steps}  turn {row['turn']}  {row['action']}"
+            label = f"step {env.steps}  turn {row.turn}  {row.action}"
             frames.append(frame(env, size, label, unlocked, result.new_achievements))
-    recorded = sorted(session["achievements"] or [])
+    recorded = sorted(session.achievements)
     if recorded != list(env.achievements):
         return frames, (f"end of episode: the trace records achievements {recorded}, "
                         f"the replay unlocked {list(env.achievements)}")
-    if abs(total_reward - (session["total_reward"] or 0.0)) > 1e-6:
-        return frames, (f"end of episode: the trace records total reward {session['total_reward']}, "
+    if abs(total_reward - session.total_reward) > 1e-6:
+        return frames, (f"end of episode: the trace records total reward {session.total_reward}, "
                         f"the replay gives {total_reward:.6g}")
     return frames, None
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     except (tracing.MissingDatabase, LookupError) as error:
         exit_usage(str(error))
     session = trace.session
-    print(f"replaying {args.session_id}: {session['model']} on {session['difficulty']}, seed {session['seed']}, "
+    print(f"replaying {args.session_id}: {session.model} on {session.difficulty}, seed {session.seed}, "
           f"{len(trace.steps)} env steps", file=sys.stderr)
     frames, divergence = replay(trace, args.size)
     if divergence:
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         write_video(frames, out, args.fps)
     except RuntimeError as error:
         exit_usage(str(error))
-    print(f"reproduced exactly: {len(trace.steps)} steps, reward {session['total_reward']:+.1f}, "
-          f"achievements: {', '.join(session['achievements'] or []) or 'none'}")
+    print(f"reproduced exactly: {len(trace.steps)} steps, reward {session.total_reward:+.1f}, "
+          f"achievements: {', '.join(session.achievements) or 'none'}")
     print(f"wrote {out} ({len(frames)} frames, {args.fps} fps)")
     return 0
 

@@ -26,6 +26,7 @@ from collections import deque
 
 from aiohttp import web
 
+from synth_qwen.action_schema import interact_call
 from synth_qwen.crafter_env import ACTIONS
 
 PLAYABLE = [a for a in ACTIONS if a != "noop"]
@@ -122,10 +123,8 @@ class ScriptedEndpoint:
 
     @staticmethod
     def interact(actions: list[str], reasoning: str) -> dict:
-        arguments = json.dumps({"reasoning": reasoning, "actions": actions})
-        call = {"id": "call_" + hashlib.sha1(arguments.encode() + str(time.time_ns()).encode()).hexdigest()[:16],
-                "type": "function", "function": {"name": "interact", "arguments": arguments}}
-        return {"role": "assistant", "content": None, "tool_calls": [call]}
+        call_id = "call_" + hashlib.sha1(f"{actions}{reasoning}{time.time_ns()}".encode()).hexdigest()[:16]
+        return {"role": "assistant", "content": None, "tool_calls": [interact_call(call_id, actions, reasoning)]}
 
 
 def error(message: str, code: str) -> dict:

@@ -18,6 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+DEFAULT_ACTIONS_PER_TURN = 5  # CRAFTER_ACTIONS_PER_TURN's default; also the length of a route hint
+DEFAULT_SFT_JSONL = Path("ft_data/qwen4b_crafter_sft.jsonl")  # filter_traces writes it, sft_kickoff reads it
 LOCAL_SERVICE_URL = "http://localhost:8000/api"
 LOOPBACK_PLACEHOLDER_KEY = "sk-local-placeholder"
 
@@ -180,7 +182,7 @@ class RolloutSettings(Settings):
     crafter_model: str = DEFAULT_MODEL  # an endpoint model id (ft:… too), builtin:expert or builtin:random
     crafter_episodes: int = Field(10, ge=1, le=100_000)
     crafter_max_steps: int = Field(30, ge=1, le=10_000)  # agent turns per episode
-    crafter_actions_per_turn: int = Field(5, ge=1, le=50)
+    crafter_actions_per_turn: int = Field(DEFAULT_ACTIONS_PER_TURN, ge=1, le=50)
     crafter_difficulty: Difficulty = "easy"
     crafter_seed: int = Field(1, ge=0, lt=2**31 - 1)  # episode i plays seed + i
     crafter_concurrency: int = Field(8, ge=1, le=1024)
@@ -216,7 +218,7 @@ class KickoffSettings(Settings):
     """sft_kickoff: upload the JSONL, start a fine-tuning job, follow it to its model id."""
 
     qwen_base_model: str = DEFAULT_MODEL
-    qwen_training_jsonl: Path = Path("ft_data/qwen4b_crafter_sft.jsonl")
+    qwen_training_jsonl: Path = DEFAULT_SFT_JSONL
     sft_n_epochs: int | Literal["auto"] = 1
     sft_batch_size: int | Literal["auto"] = 4
     sft_learning_rate_multiplier: float | Literal["auto"] = "auto"
@@ -341,7 +343,7 @@ class FilterSettings(Settings):
     The original's names are kept (MIN_TOTAL_REWARD, MODELS, …); the newer knobs are FILTER_*."""
 
     crafter_db_url: DbUrl = DEFAULT_DB_URL
-    output_jsonl: Path = Path("ft_data/qwen4b_crafter_sft.jsonl")
+    output_jsonl: Path = DEFAULT_SFT_JSONL
     min_total_reward: float = 1.0  # sum of Crafter's per-step rewards in the episode
     min_achievements: int = Field(0, ge=0, le=22)  # distinct achievements unlocked in the episode
     required_achievements: list[str] = []  # all of these must be unlocked

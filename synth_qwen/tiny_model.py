@@ -123,18 +123,20 @@ def corpus_texts() -> list[str]:
     texts = template_literals()
     rng = random.Random(INIT_SEED)
     try:
-        from synth_qwen import crafter_env
+        from synth_qwen import action_schema, crafter_env
+        from synth_qwen.observation import observe
     except ImportError:  # crafter_env not built yet: fall back to Crafter's own names
         return texts + fallback_corpus(rng)
-    texts.append(crafter_env.system_prompt(MAX_ACTIONS_IN_CORPUS))
-    texts.append(json.dumps(crafter_env.interact_tool(MAX_ACTIONS_IN_CORPUS)))
+    texts.append(action_schema.system_prompt(MAX_ACTIONS_IN_CORPUS))
+    texts.append(json.dumps(action_schema.interact_tool(MAX_ACTIONS_IN_CORPUS)))
     for seed in CORPUS_SEEDS:
         env = crafter_env.CrafterEnv(seed=seed, difficulty="normal")
-        texts.append(env.reset().text)
+        env.start()
+        texts.append(observe(env).text)
         for _ in range(CORPUS_STEPS_PER_SEED):
-            if env.step(rng.choice(crafter_env.ACTIONS)).done:
+            if env.act(rng.choice(crafter_env.ACTIONS)).done:
                 break
-            texts.append(env.observe().text)
+            texts.append(observe(env).text)
     texts += [tool_call_text(rng, list(crafter_env.ACTIONS)) for _ in range(300)]
     return texts
 

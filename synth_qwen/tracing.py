@@ -11,6 +11,7 @@ when it starts, so a crash leaves either nothing or an `incomplete` row — neve
 """
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -18,8 +19,11 @@ from typing import Iterable, Iterator
 import sqlalchemy as sa
 from sqlalchemy import JSON, Boolean, Column, Float, ForeignKey, Integer, String, Table, Text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: session_traces.failure (v1 databases are upgraded when opened)
 STATUSES = ("completed", "died", "max_steps", "agent_error", "incomplete")
+# Why an agent_error episode ended: its policy could not be called, or it kept answering invalidly.
+CALL_FAILED, INVALID_TURNS = "call_failed", "invalid_turns"
+FAILURES = (CALL_FAILED, INVALID_TURNS)
 
 metadata = sa.MetaData()
 
@@ -49,6 +53,7 @@ session_traces = Table(  # one per episode
     Column("purpose", String(20), index=True),
     Column("status", String(20), index=True),
     Column("status_reason", Text),
+    Column("failure", String(20)),  # one of FAILURES for agent_error episodes, else NULL
     Column("total_reward", Float),
     Column("achievements", JSON),
     Column("num_achievements", Integer),
@@ -122,6 +127,116 @@ outcome_rewards = Table(
 CHILD_TABLES = (outcome_rewards, messages, events, session_timesteps)
 
 
+# ---------------------------------------------------------------------------------------
+# Records: one typed row each, converted to and from the tables above
+
+class Record:
+    @classmethod
+    def from_row(cls, row):
+        """A row mapping -> record; a NULL where the field has a default (0, [], {}) reads as it."""
+        values = {}
+        for spec in fields(cls):
+            value = row[spec.name]
+            if value is None and spec.default is not None:
+                value = spec.default if spec.default is not MISSING else (
+                    spec.default_factory() if spec.default_factory is not MISSING else None)
+            values[spec.name] = value
+        return cls(**values)
+
+    def row(self) -> dict:
+        return {spec.name: getattr(self, spec.name) for spec in fields(self)}
+
+
+@dataclass(frozen=True)
+class Message(Record):
+    """One message of the conversation, stored once (position 0: the user observation, 1: the reply)."""
+    turn: int
+    position: int
+    role: str
+    content: str | None
+    tool_calls: list | None = None
+    tool_call_id: str | None = None
+
+    def api(self) -> dict:
+        """The exact dict sent to the endpoint (and written to SFT JSONL)."""
+        message = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+@dataclass
+class LMEvent(Record):
+    """One LM call (or builtin decision); validity is filled in once the reply is checked."""
+    turn: int
+    event_type: str
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    latency_s: float | None
+    finish_reason: str | None
+    attempts: int | None
+    history_turns: list | None
+    created_at: str | None
+    error: str | None = None
+    valid: bool | None = None
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Step(Record):
+    """One env step."""
+    turn: int
+    step_index: int
+    action: str
+    reward: float
+    new_achievements: list | None
+    done_reason: str | None
+
+
+@dataclass(frozen=True)
+class Session(Record):
+    """One episode (a session_traces row). Counts of an unfinished episode read as 0."""
+    session_id: str
+    experiment_id: str | None
+    run_id: str
+    seed: int
+    difficulty: str | None
+    policy: str | None
+    model: str | None
+    purpose: str | None
+    status: str
+    status_reason: str | None = None
+    failure: str | None = None
+    total_reward: float = 0.0
+    achievements: list = field(default_factory=list)
+    num_achievements: int = 0
+    env_steps: int = 0
+    turns: int = 0
+    invalid_turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # unknown when the endpoint reported none and no prices were set
+    system_prompt: str | None = None
+    tools: list | None = None
+    request_params: dict = field(default_factory=dict)
+    started_at: str | None = None
+    ended_at: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "incomplete"
+
+    @property
+    def never_reached_policy(self) -> bool:
+        """Ended because its policy could not be called (not because it played badly)."""
+        return self.failure == CALL_FAILED
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -166,22 +281,36 @@ def open_db(db_url: str, create: bool = True) -> sa.Engine:
     else:
         engine = sa.create_engine(sqlalchemy_url(db_url), pool_pre_ping=True)
     if create:
-        ensure_schema(engine)
+        metadata.create_all(engine)
     else:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("session_traces"):
                 raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
+    ensure_schema_version(engine)
     return engine
 
 
-def ensure_schema(engine: sa.Engine) -> None:
-    metadata.create_all(engine)
+def ensure_schema_version(engine: sa.Engine) -> None:
+    """Stamp a new DB with SCHEMA_VERSION; bring an older one up to it."""
     with engine.begin() as conn:
         found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
         if found is None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=utc_now()))
         elif found > SCHEMA_VERSION:
             raise RuntimeError(f"trace DB schema v{found} is newer than this code (v{SCHEMA_VERSION})")
+        elif found < SCHEMA_VERSION:
+            upgrade_v1_to_v2(conn)
+
+
+def upgrade_v1_to_v2(conn) -> None:
+    """v2 adds session_traces.failure, filled in from v1's reason texts (the only place they are read)."""
+    conn.execute(sa.text("ALTER TABLE session_traces ADD COLUMN failure VARCHAR(20)"))
+    agent_error = session_traces.c.status == "agent_error"
+    conn.execute(session_traces.update().where(agent_error, session_traces.c.status_reason.startswith("LM call failed"))
+                 .values(failure=CALL_FAILED))
+    conn.execute(session_traces.update().where(agent_error, session_traces.c.failure.is_(None))
+                 .values(failure=INVALID_TURNS))
+    conn.execute(schema_version.insert().values(version=2, applied_at=utc_now()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,13 +355,13 @@ def register_session(engine: sa.Engine, row: dict) -> None:
         conn.execute(session_traces.insert().values(status="incomplete", started_at=utc_now(), **row))
 
 
-def finish_session(engine: sa.Engine, session_id: str, summary: dict, timesteps: list[dict],
-                   lm_events: list[dict], turn_messages: list[dict]) -> None:
+def finish_session(engine: sa.Engine, session_id: str, summary: dict, timesteps: list[Step],
+                   lm_events: list[LMEvent], turn_messages: list[Message]) -> None:
     """Everything the episode produced, and its final status, in one transaction."""
     with engine.begin() as conn:
-        for table, rows in ((session_timesteps, timesteps), (events, lm_events), (messages, turn_messages)):
-            if rows:
-                conn.execute(table.insert(), [dict(row, session_id=session_id) for row in rows])
+        for table, records in ((session_timesteps, timesteps), (events, lm_events), (messages, turn_messages)):
+            if records:
+                conn.execute(table.insert(), [dict(record.row(), session_id=session_id) for record in records])
         conn.execute(outcome_rewards.insert().values(
             session_id=session_id, total_reward=summary["total_reward"],
             num_achievements=summary["num_achievements"], achievements=summary["achievements"]))
@@ -241,76 +370,70 @@ def finish_session(engine: sa.Engine, session_id: str, summary: dict, timesteps:
 
 
 def mark_incomplete(engine: sa.Engine, session_ids: Iterable[str], reason: str) -> None:
+    """Say why these episodes stopped. One whose final write landed while the run was being
+    interrupted is finished, and stays so."""
     ids = list(session_ids)
     if ids:
         with engine.begin() as conn:
-            conn.execute(session_traces.update().where(session_traces.c.session_id.in_(ids))
-                         .values(status="incomplete", status_reason=reason, ended_at=utc_now()))
+            conn.execute(session_traces.update().where(session_traces.c.session_id.in_(ids),
+                                                       session_traces.c.status == "incomplete")
+                         .values(status_reason=reason, ended_at=utc_now()))
 
 
 # ---------------------------------------------------------------------------------------
 # Reading
 
-def message_dict(row) -> dict:
-    """A stored message as the exact dict sent to the endpoint (and written to SFT JSONL)."""
-    message = {"role": row["role"], "content": row["content"]}
-    if row.get("tool_calls"):
-        message["tool_calls"] = row["tool_calls"]
-    if row.get("tool_call_id"):
-        message["tool_call_id"] = row["tool_call_id"]
-    return message
-
-
-def request_messages(system_prompt: str, by_turn: dict[int, list[dict]], turn: int,
+def request_messages(system_prompt: str, by_turn: dict[int, list[Message]], turn: int,
                      history_turns: list[int]) -> list[dict]:
     """The messages of the call made on `turn`: system, each history turn whole, the observation."""
     built = [{"role": "system", "content": system_prompt}]
     for earlier in history_turns:
-        built.extend(message_dict(m) for m in by_turn[earlier])
-    built.append(message_dict(by_turn[turn][0]))
+        built.extend(message.api() for message in by_turn[earlier])
+    built.append(by_turn[turn][0].api())
     return built
 
 
-def sessions(engine: sa.Engine, where=None) -> list[dict]:
+def sessions(engine: sa.Engine, where=None) -> list[Session]:
+    """Sessions in the order they started."""
     query = sa.select(session_traces)
     if where is not None:
         query = query.where(where)
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(query.order_by(session_traces.c.started_at))]
+        rows = conn.execute(query.order_by(session_traces.c.started_at))
+        return [Session.from_row(row._mapping) for row in rows]
 
 
-def session_turn_messages(conn, session_id: str) -> dict[int, list[dict]]:
-    by_turn: dict[int, list[dict]] = {}
+def session_turn_messages(conn, session_id: str) -> dict[int, list[Message]]:
+    by_turn: dict[int, list[Message]] = {}
     rows = conn.execute(sa.select(messages).where(messages.c.session_id == session_id)
                         .order_by(messages.c.turn, messages.c.position))
     for row in rows:
-        by_turn.setdefault(row.turn, []).append(dict(row._mapping))
+        by_turn.setdefault(row.turn, []).append(Message.from_row(row._mapping))
     return by_turn
 
 
-def session_events(conn, session_id: str) -> list[dict]:
+def session_events(conn, session_id: str) -> list[LMEvent]:
     rows = conn.execute(sa.select(events).where(events.c.session_id == session_id).order_by(events.c.turn))
-    return [dict(row._mapping) for row in rows]
+    return [LMEvent.from_row(row._mapping) for row in rows]
 
 
-def session_steps(conn, session_id: str) -> list[dict]:
-    """The episode's env steps (session_timesteps rows) in step order."""
+def session_steps(conn, session_id: str) -> list[Step]:
+    """The episode's env steps in step order."""
     rows = conn.execute(sa.select(session_timesteps).where(session_timesteps.c.session_id == session_id)
                         .order_by(session_timesteps.c.step_index))
-    return [dict(row._mapping) for row in rows]
+    return [Step.from_row(row._mapping) for row in rows]
 
 
 def rebuild_requests(engine: sa.Engine, session_id: str) -> Iterator[tuple[int, dict]]:
     """(turn, request body) for every LM call of the session, rebuilt from the DB alone."""
     with engine.connect() as conn:
-        session = conn.execute(sa.select(session_traces).where(
-            session_traces.c.session_id == session_id)).one()._mapping
+        session = Session.from_row(conn.execute(sa.select(session_traces).where(
+            session_traces.c.session_id == session_id)).one()._mapping)
         by_turn = session_turn_messages(conn, session_id)
         for event in session_events(conn, session_id):
-            body = dict(session["request_params"] or {})
-            body["messages"] = request_messages(session["system_prompt"], by_turn, event["turn"],
-                                                event["history_turns"] or [])
-            if session["tools"]:
-                body["tools"] = session["tools"]
-            yield event["turn"], body
+            body = dict(session.request_params)
+            body["messages"] = request_messages(session.system_prompt, by_turn, event.turn, event.history_turns or [])
+            if session.tools:
+                body["tools"] = session.tools
+            yield event.turn, body
 

@@ -26,7 +26,7 @@ def run_module(module: str, env: dict, cwd: Path, timeout: float = 300) -> subpr
                           text=True, timeout=timeout)
 
 
-def db_sessions(db_path: Path) -> list[dict]:
+def db_sessions(db_path: Path) -> list[tracing.Session]:
     engine = tracing.open_db(f"sqlite:///{db_path}", create=False)
     try:
         return tracing.sessions(engine)
@@ -49,7 +49,7 @@ def finished_count(db_path: Path) -> int:
     if not db_path.exists():
         return 0
     try:
-        return sum(s["status"] != "incomplete" for s in db_sessions(db_path))
+        return sum(s.status != "incomplete" for s in db_sessions(db_path))
     except (tracing.MissingDatabase, sa.exc.OperationalError):
         return 0
 

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from synth_qwen import crafter_env
+from synth_qwen import action_schema, crafter_env
+from synth_qwen.observation import observe
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_ACTIONS = 3
@@ -97,11 +98,10 @@ def interact_example(observation_text: str, actions: list[str], call_id: str,
                      history: list[dict] | None = None) -> dict:
     arguments = json.dumps({"actions": actions, "reasoning": f"{actions[0]} toward a target"})
     return {
-        "messages": [{"role": "system", "content": crafter_env.system_prompt(MAX_ACTIONS)}, *(history or []),
+        "messages": [{"role": "system", "content": action_schema.system_prompt(MAX_ACTIONS)}, *(history or []),
                      {"role": "user", "content": observation_text},
-                     {"role": "assistant", "content": "", "tool_calls": [
-                         {"id": call_id, "type": "function", "function": {"name": "interact", "arguments": arguments}}]}],
-        "tools": [crafter_env.interact_tool(MAX_ACTIONS)],
+                     {"role": "assistant", "content": "", "tool_calls": [action_schema.tool_call(call_id, arguments)]}],
+        "tools": [action_schema.interact_tool(MAX_ACTIONS)],
         "parallel_tool_calls": False,
     }
 
@@ -110,7 +110,8 @@ def crafter_examples(count: int, seed: int = 0, with_history: bool = False) -> l
     """`count` per-turn examples; with_history adds one earlier turn (weight 0) plus its tool answer."""
     rng = random.Random(seed)
     env = crafter_env.CrafterEnv(seed=seed, difficulty="easy")
-    observation = env.reset().text
+    env.start()
+    observation = observe(env).text
     examples, previous = [], None
     for turn in range(count):
         action = hinted_action(observation, rng)
@@ -119,16 +120,14 @@ def crafter_examples(count: int, seed: int = 0, with_history: bool = False) -> l
             prev_obs, prev_action, prev_id = previous
             history = [{"role": "user", "content": prev_obs},
                        {"role": "assistant", "content": "", "weight": 0, "tool_calls": [
-                           {"id": prev_id, "type": "function",
-                            "function": {"name": "interact", "arguments": json.dumps({"actions": [prev_action]})}}]},
+                           action_schema.tool_call(prev_id, json.dumps({"actions": [prev_action]}))]},
                        {"role": "tool", "tool_call_id": prev_id, "content": f"executed {prev_action}"}]
         call_id = f"call_{seed}_{turn}"
         examples.append(interact_example(observation, [action], call_id, history))
         previous = (observation, action, call_id)
-        if env.step(action).done:
-            observation = env.reset().text
-        else:
-            observation = env.observe().text
+        if env.act(action).done:
+            env.start()
+        observation = observe(env).text
     return examples
 
 

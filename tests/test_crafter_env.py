@@ -1,4 +1,4 @@
-"""The Crafter layer: determinism, stock equality, presets, observation text, action schema."""
+"""The env: determinism, stock equality, presets, and Crafter's own contract (gym loop, Recorder)."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 import crafter
 from crafter import objects
 from synth_qwen import crafter_env
-from synth_qwen.crafter_env import ACTIONS, CrafterEnv, interact_tool, parse_interact_arguments, validate_actions
+from synth_qwen.crafter_env import ACHIEVEMENTS, ACTIONS, CrafterEnv
 
 TRAJECTORY_SCRIPT = """
 import json, sys
@@ -19,10 +19,10 @@ render = sys.argv[1] == "render"
 out = []
 for seed in (3, 11, 42):
     env = CrafterEnv(seed=seed, difficulty="hard")
-    env.reset()
+    env.start()
     actions = np.random.RandomState(seed)
     for _ in range(600):  # past step 150, so night-time (rendering noise, zombie spawns) is covered
-        result = env.step(int(actions.choice([0, 0, 1, 2, 3, 4, 5, 6])))
+        result = env.act(int(actions.choice([0, 0, 1, 2, 3, 4, 5, 6])))
         if render:
             env.render()
         out.append([seed, env.steps, env.world_hash(), result.reward, list(result.new_achievements),
@@ -51,7 +51,7 @@ def test_normal_generates_the_stock_world():
         stock = crafter.Env(seed=seed)
         stock.reset()
         ours = CrafterEnv(seed=seed, difficulty="normal")
-        ours.reset()
+        ours.start()
         assert np.array_equal(stock._world._mat_map, ours._world._mat_map)
         describe = lambda env: sorted((type(o).__name__, int(o.pos[0]), int(o.pos[1])) for o in env._world.objects)
         assert describe(stock) == describe(ours)
@@ -60,9 +60,9 @@ def test_normal_generates_the_stock_world():
 def test_episode_k_is_addressable_directly():
     sequential = CrafterEnv(seed=9)
     for _ in range(3):
-        sequential.reset()
+        sequential.start()
     direct = CrafterEnv(seed=9)
-    direct.reset(episode=3)
+    direct.start(episode=3)
     assert np.array_equal(sequential._world._mat_map, direct._world._mat_map)
     assert sequential.world_hash() == direct.world_hash()
 
@@ -70,18 +70,18 @@ def test_episode_k_is_addressable_directly():
 def test_presets_change_the_world_and_stay_independent_in_one_process():
     peaceful, hard, normal = (CrafterEnv(seed=5, difficulty=d) for d in ("peaceful", "hard", "normal"))
     for env in (peaceful, hard, normal):
-        env.reset()
+        env.start()
     count = lambda env, cls: sum(type(o) is cls for o in env._world.objects)
     assert count(peaceful, objects.Zombie) == 0 and count(peaceful, objects.Skeleton) == 0
     assert peaceful._world.count("lava") == 0
     assert hard._world.count("tree") < normal._world.count("tree") < peaceful._world.count("tree")
     # interleaved play: peaceful never spawns hostiles although a hard env runs beside it
     for step in range(400):
-        peaceful.step("noop")
-        hard.step("noop")
+        peaceful.act("noop")
+        hard.act("noop")
     assert count(peaceful, objects.Zombie) == 0 and count(peaceful, objects.Skeleton) == 0
     fresh = CrafterEnv(seed=5, difficulty="normal")
-    fresh.reset()
+    fresh.start()
     assert np.array_equal(fresh._world._mat_map, normal._world._mat_map)
 
 
@@ -97,83 +97,11 @@ def test_preset_statistics_follow_the_names():
     assert table["peaceful"]["zombies_seen_300"] == 0
 
 
-def arranged_env():
-    env = CrafterEnv(seed=1, difficulty="normal")
-    env.reset()
-    world, (px, py) = env._world, env._player.pos
-    for obj in list(world.objects):
-        if obj is not env._player:
-            world.remove(obj)
-    for dx in range(-5, 6):
-        for dy in range(-4, 5):
-            world[px + dx, py + dy] = "grass"
-    world[px + 2, py] = "tree"
-    world.add(objects.Cow(world, (px, py - 1)))
-    world[px - 3, py + 2] = "water"
-    return env
-
-
-def test_observation_names_what_was_arranged():
-    obs = arranged_env().observe()
-    text = obs.text
-    assert "everything else is grass" in text
-    assert "- tree: 2E (go: move_right do)" in text
-    assert "- cow: 1N (go: move_up do)" in text  # facing south: turn north first, then hit
-    assert "- water: 3W 2S (go: move_down move_down move_left move_left do)" in text
-    assert "You face south; in front of you: grass." in text
-    assert "health 9/9, food 9/9, drink 9/9, energy 9/9" in text
-    assert "Step 0, day." in text
-    assert obs.view[(2, 0)] == "tree" and obs.view[(0, -1)] == "cow"
-
-
-def test_observation_tracks_facing_inventory_and_achievements():
-    env = arranged_env()
-    env.step("move_right")  # walk one east: the tree (2E) is now right in front
-    text = env.observe().text
-    assert "You face east; in front of you: tree." in text and "- tree: 1E (go: do)" in text
-    env.step("do")
-    text = env.observe().text
-    assert "Inventory: wood 1." in text and "Achievements (1/22): collect_wood." in text
-
-
-def test_typical_observation_is_compact():
-    lengths = []
-    for seed in range(10):
-        env = CrafterEnv(seed=seed, difficulty="normal")
-        env.reset()
-        walk = np.random.RandomState(seed)
-        for _ in range(60):
-            env.step(int(walk.randint(1, 5)))
-        lengths.append(len(env.observe().text))
-    assert np.median(lengths) < 1400, lengths
-
-
 def test_rendering_on_demand_still_works():
     env = CrafterEnv(seed=2)
-    env.reset()
+    env.start()
     image = env.render()
     assert image.shape == (64, 64, 3) and image.std() > 0
-
-
-def test_action_validation():
-    assert validate_actions(["move_left", "do"]) == (["move_left", "do"], None)
-    actions, reason = validate_actions(["eat_cow"])
-    assert actions is None and "unknown action 'eat_cow'" in reason
-    assert validate_actions([])[0] is None
-    assert validate_actions(["noop"] * 6, max_actions=5)[0] is None
-    assert parse_interact_arguments('{"actions": ["do"], "reasoning": "wood"}') == (["do"], None)
-    assert parse_interact_arguments("{not json")[0] is None
-    schema = interact_tool(3)["function"]["parameters"]["properties"]["actions"]
-    assert schema["maxItems"] == 3 and schema["items"]["enum"] == list(ACTIONS) and len(ACTIONS) == 17
-
-
-def test_system_prompt_uses_real_action_names_only():
-    import re
-    prompt = crafter_env.system_prompt(5)
-    assert f"Actions: {', '.join(ACTIONS)}." in prompt
-    named = set(re.findall(r"\b(?:move|place|make)_[a-z_]+[a-z]\b", prompt))
-    assert named and named <= set(ACTIONS), named - set(ACTIONS)
-    assert "eat_cow" not in prompt.split("Actions:")[1]
 
 
 def test_bad_difficulty_lists_the_allowed_names():
@@ -183,7 +111,48 @@ def test_bad_difficulty_lists_the_allowed_names():
 
 def test_episode_ends_with_a_reason():
     env = CrafterEnv(seed=4, length=20)
-    env.reset()
-    results = [env.step("noop") for _ in range(20)]
+    env.start()
+    results = [env.act("noop") for _ in range(20)]
     assert results[-1].done and results[-1].end_reason == "length"
     assert not any(r.done for r in results[:-1])
+
+
+def test_a_gym_style_loop_gets_stock_observations_and_info():
+    """Code written for crafter.Env runs unchanged: image observations, a 4-tuple, stock info keys."""
+    stock, ours = crafter.Env(seed=6), CrafterEnv(seed=6, difficulty="normal")
+    assert isinstance(ours, crafter.Env)
+    assert ours.reset().shape == stock.reset().shape == (64, 64, 3)
+    for action in [1, 3, 5, 5, 0] * 4:
+        obs, reward, done, info = ours.step(action)
+        expected = stock.step(action)
+        assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8 and isinstance(done, bool)
+        assert set(info) == set(expected[3]) and info["inventory"] == expected[3]["inventory"]
+        assert reward == expected[1] and info["achievements"] == expected[3]["achievements"]
+        assert info["semantic"].shape == expected[3]["semantic"].shape
+        assert np.array_equal(info["player_pos"], expected[3]["player_pos"])
+
+
+def test_crafter_recorder_records_our_env(tmp_path):
+    env = crafter.Recorder(CrafterEnv(seed=3, difficulty="easy", length=40), tmp_path,
+                           save_stats=True, save_video=False, save_episode=True)
+    env.reset()
+    done, steps = False, 0
+    while not done:
+        _, _, done, _ = env.step(int(np.random.RandomState(steps).randint(len(ACTIONS))))
+        steps += 1
+    assert steps == 40
+    stats = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert stats[0]["length"] == 40 and {f"achievement_{name}" for name in ACHIEVEMENTS} <= set(stats[0])
+    episode, = tmp_path.glob("*.npz")
+    assert len(np.load(episode)["image"]) == 41  # the first image and one per step
+
+
+def test_the_stock_api_and_ours_play_the_same_game():
+    stock_api, ours = CrafterEnv(seed=8, difficulty="hard"), CrafterEnv(seed=8, difficulty="hard")
+    stock_api.reset()
+    ours.start()
+    for action in np.random.RandomState(8).randint(len(ACTIONS), size=300):
+        _, reward, done, _ = stock_api.step(int(action))
+        result = ours.act(int(action))
+        assert (reward, done) == (result.reward, result.done)
+    assert stock_api.world_hash() == ours.world_hash()

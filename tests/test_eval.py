@@ -35,8 +35,8 @@ def test_every_model_plays_the_same_held_out_seeds_as_eval_sessions(evaluated):
     sessions = db_sessions(tmp_path / "traces.db")
     by_run = {}
     for s in sessions:
-        by_run.setdefault((s["run_id"], s["model"]), []).append(s["seed"])
-        assert s["purpose"] == "eval" and s["difficulty"] == "easy"
+        by_run.setdefault((s.run_id, s.model), []).append(s.seed)
+        assert s.purpose == "eval" and s.difficulty == "easy"
     assert {run: sorted(seeds) for run, seeds in by_run.items()} == {
         ("ev1-m0", "builtin:random"): SEEDS, ("ev1-m1", "builtin:expert"): SEEDS}
 
@@ -76,7 +76,7 @@ def test_report_links_reproduced_replays_of_best_and_worst_episodes(evaluated):
     tmp_path, _ = evaluated
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     markdown = (tmp_path / "report" / "report.md").read_text()
-    steps = {s["session_id"]: s["env_steps"] for s in db_sessions(tmp_path / "traces.db")}
+    steps = {s.session_id: s.env_steps for s in db_sessions(tmp_path / "traces.db")}
     for model in report["models"]:
         assert model["best_episode"]["num_achievements"] >= model["worst_episode"]["num_achievements"]
         for which in ("best", "worst"):
@@ -182,31 +182,31 @@ def test_an_unknown_eval_run_id_exits_2(evaluated):
 def expert_session(evaluated) -> tuple:
     tmp_path, _ = evaluated
     db = tmp_path / "traces.db"
-    session = max((s for s in db_sessions(db) if s["model"] == "builtin:expert"), key=lambda s: s["num_achievements"])
-    assert session["num_achievements"] > 0  # something to reproduce
+    session = max((s for s in db_sessions(db) if s.model == "builtin:expert"), key=lambda s: s.num_achievements)
+    assert session.num_achievements > 0  # something to reproduce
     return db, session
 
 
 def test_replay_reproduces_the_recorded_rewards_and_achievements(evaluated):
     db, session = expert_session(evaluated)
     engine = tracing.open_db(f"sqlite:///{db}", create=False)
-    trace = replay.load_trace(engine, session["session_id"])
-    assert [row["step_index"] for row in trace.steps] == list(range(1, session["env_steps"] + 1))
+    trace = replay.load_trace(engine, session.session_id)
+    assert [row.step_index for row in trace.steps] == list(range(1, session.env_steps + 1))
     frames, divergence = replay.replay(trace, size=64)
-    assert divergence is None and len(frames) == session["env_steps"] + 1
+    assert divergence is None and len(frames) == session.env_steps + 1
     assert replay.replay(trace) == ([], None)  # without frames: the check alone
 
 
 def test_replay_command_writes_a_gif(evaluated, tmp_path):
     db, session = expert_session(evaluated)
     out = tmp_path / "episode.gif"
-    done = subprocess.run([sys.executable, "-m", "synth_qwen.replay", session["session_id"], "--db", str(db),
+    done = subprocess.run([sys.executable, "-m", "synth_qwen.replay", session.session_id, "--db", str(db),
                            "--out", str(out), "--size", "128"], capture_output=True, text=True, cwd=tmp_path,
                           env=rollout_env(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "reproduced exactly" in done.stdout
     frames = iio.imread(out, index=None)
-    assert frames.shape[0] == session["env_steps"] + 1 and frames.shape[2] == 128
+    assert frames.shape[0] == session.env_steps + 1 and frames.shape[2] == 128
 
 
 FIRST_STEP = "(SELECT MIN(id) FROM session_timesteps WHERE session_id = ?)"
@@ -223,8 +223,8 @@ def test_a_tampered_trace_is_detected(evaluated, tmp_path, tamper):
     copy = tmp_path / "tampered.db"
     with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
         source.backup(target)
-        target.execute(tamper, (session["session_id"],))
-    done = subprocess.run([sys.executable, "-m", "synth_qwen.replay", session["session_id"], "--db", str(copy),
+        target.execute(tamper, (session.session_id,))
+    done = subprocess.run([sys.executable, "-m", "synth_qwen.replay", session.session_id, "--db", str(copy),
                            "--out", str(tmp_path / "x.gif")], capture_output=True, text=True, cwd=tmp_path,
                           env=rollout_env(tmp_path))
     assert done.returncode == 1

@@ -1,12 +1,14 @@
 """builtin:expert — the scripted teacher: deterministic, valid, explained, and actually good."""
 from synth_qwen.crafter_env import ACTIONS, CrafterEnv
+from synth_qwen.observation import observe
 from synth_qwen.expert import ExpertAgent
 
 
 def play(seed: int, difficulty: str = "easy", turns: int = 150, max_actions: int = 5):
     """One episode as the runner plays it: act, run the actions until done, observe."""
     env = CrafterEnv(seed=seed, difficulty=difficulty)
-    obs = env.reset()
+    env.start()
+    obs = observe(env)
     agent = ExpertAgent(max_actions=max_actions, seed=seed)
     turns_played = []
     for _ in range(turns):
@@ -14,12 +16,12 @@ def play(seed: int, difficulty: str = "easy", turns: int = 150, max_actions: int
         turns_played.append((actions, reasoning))
         result = None
         for action in actions:
-            result = env.step(action)
+            result = env.act(action)
             if result.done:
                 break
         if result.done:
             break
-        obs = env.observe()
+        obs = observe(env)
     return turns_played, env.achievements
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from synth_qwen import filter_traces, tracing
-from synth_qwen.run_crafter import play
+from synth_qwen.progress import play
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from synth_qwen.settings import FilterSettings, RolloutSettings
 from rollout_helpers import REPO, db_sessions, rollout_env, run_module
@@ -119,31 +119,31 @@ def kept_ids(report, examples) -> set[str]:
 
 def test_each_filter_alone_and_combined(mixed_db, tmp_path, capsys):
     sessions = db_sessions(mixed_db)
-    rollouts = [s for s in sessions if s["purpose"] == "rollout"]
-    rewards = sorted({s["total_reward"] for s in rollouts})
+    rollouts = [s for s in sessions if s.purpose == "rollout"]
+    rewards = sorted({s.total_reward for s in rollouts})
     assert len(rewards) >= 2, "the fixture must give episodes of different rewards"
     threshold = rewards[len(rewards) // 2]
-    most = max(s["num_achievements"] for s in rollouts)
-    common = sorted(set.intersection(*(set(s["achievements"]) for s in rollouts if s["num_achievements"] == most)))
+    most = max(s.num_achievements for s in rollouts)
+    common = sorted(set.intersection(*(set(s.achievements) for s in rollouts if s.num_achievements == most)))
     cases = {
-        "default statuses, no eval": ([], lambda s: s["purpose"] == "rollout"),
+        "default statuses, no eval": ([], lambda s: s.purpose == "rollout"),
         "include eval": (["--include-eval"], lambda s: True),
-        "run ids": (["--run-ids", "rand"], lambda s: s["run_id"] == "rand"),
-        "difficulty": (["--difficulties", "hard"], lambda s: s["difficulty"] == "hard" and s["purpose"] == "rollout"),
-        "statuses": (["--statuses", "died"], lambda s: s["status"] == "died" and s["purpose"] == "rollout"),
+        "run ids": (["--run-ids", "rand"], lambda s: s.run_id == "rand"),
+        "difficulty": (["--difficulties", "hard"], lambda s: s.difficulty == "hard" and s.purpose == "rollout"),
+        "statuses": (["--statuses", "died"], lambda s: s.status == "died" and s.purpose == "rollout"),
         "min reward": (["--min-total-reward", str(threshold)],
-                       lambda s: s["total_reward"] >= threshold and s["purpose"] == "rollout"),
+                       lambda s: s.total_reward >= threshold and s.purpose == "rollout"),
         "min achievements": (["--min-achievements", str(most)],
-                             lambda s: s["num_achievements"] >= most and s["purpose"] == "rollout"),
+                             lambda s: s.num_achievements >= most and s.purpose == "rollout"),
         "required": (["--required-achievements", ",".join(common)],
-                     lambda s: set(common) <= set(s["achievements"]) and s["purpose"] == "rollout"),
+                     lambda s: set(common) <= set(s.achievements) and s.purpose == "rollout"),
         "combined": (["--run-ids", "teach rand", "--min-total-reward", str(threshold), "--include-eval"],
-                     lambda s: s["run_id"] in ("teach", "rand") and s["total_reward"] >= threshold),
+                     lambda s: s.run_id in ("teach", "rand") and s.total_reward >= threshold),
     }
     for name, (args, expected) in cases.items():
         argv = OPEN + args if "--min-total-reward" not in args else ["--max-cost", "none", "--max-tokens", "none", *args]
         code, report, examples = run_filter(capsys, mixed_db, tmp_path / f"{name}.jsonl", *argv)
-        want = {s["session_id"] for s in sessions if expected(s)}
+        want = {s.session_id for s in sessions if expected(s)}
         if not want:
             assert code == 1 and report["kept_sessions"] == 0, name
             continue
@@ -160,7 +160,7 @@ def test_models_selects_and_max_cost_filters(endpoint_db, tmp_path, capsys):
     db, _ = endpoint_db
     by_model = {}
     for s in db_sessions(db):
-        by_model.setdefault(s["model"], set()).add(s["session_id"])
+        by_model.setdefault(s.model, set()).add(s.session_id)
     code, report, examples = run_filter(capsys, db, tmp_path / "a.jsonl", *OPEN, "--models", "model-a")
     assert code == 0 and kept_ids(report, examples) == by_model["model-a"]
     assert {e["metadata"]["model"] for e in examples} == {"model-a"}
@@ -181,11 +181,11 @@ def test_models_selects_and_max_cost_filters(endpoint_db, tmp_path, capsys):
 def test_max_tokens_uses_the_recorded_usage(endpoint_db, tmp_path, capsys):
     db, _ = endpoint_db
     sessions = db_sessions(db)
-    totals = sorted(s["prompt_tokens"] + s["completion_tokens"] for s in sessions)
+    totals = sorted(s.prompt_tokens + s.completion_tokens for s in sessions)
     cap = totals[len(totals) // 2]
     code, report, examples = run_filter(capsys, db, tmp_path / "t.jsonl", "--min-total-reward", "-1000",
                                         "--max-cost", "none", "--max-tokens", str(cap))
-    want = {s["session_id"] for s in sessions if s["prompt_tokens"] + s["completion_tokens"] <= cap}
+    want = {s.session_id for s in sessions if s.prompt_tokens + s.completion_tokens <= cap}
     assert code == 0 and 0 < len(want) < len(sessions) and kept_ids(report, examples) == want
 
 
@@ -198,8 +198,8 @@ def test_examples_are_exactly_the_requests_sent_plus_the_replies(endpoint_db, tm
     assert code == 0
     engine = tracing.open_db(f"sqlite:///{db}", create=False)
     with engine.connect() as conn:
-        events = [e for s in db_sessions(db) for e in tracing.session_events(conn, s["session_id"])]
-    valid = [e for e in events if e["valid"]]
+        events = [e for s in db_sessions(db) for e in tracing.session_events(conn, s.session_id)]
+    valid = [e for e in events if e.valid]
     assert len(events) > len(valid) >= 10  # invalid replies were injected
     assert len(examples) == len(valid) == len(replies)  # every scripted reply, and only those
     tools = examples[0]["tools"]
@@ -221,8 +221,8 @@ def test_no_invalid_turn_becomes_a_target(endpoint_db, tmp_path, capsys):
     code, report, examples = run_filter(capsys, db, tmp_path / "x.jsonl", *OPEN)
     engine = tracing.open_db(f"sqlite:///{db}", create=False)
     with engine.connect() as conn:
-        invalid = {(s["session_id"], e["turn"]) for s in db_sessions(db)
-                   for e in tracing.session_events(conn, s["session_id"]) if not e["valid"]}
+        invalid = {(s.session_id, e.turn) for s in db_sessions(db)
+                   for e in tracing.session_events(conn, s.session_id) if not e.valid}
     targets = {(e["metadata"]["session_id"], e["metadata"]["turn"]) for e in examples}
     assert len(invalid) == 2 and not invalid & targets
     assert report["turns_skipped"] == {"invalid reply": 2}

@@ -35,9 +35,9 @@ def test_rollouts_trace_into_postgres_and_requests_rebuild_exactly(tmp_path, pos
     assert again.returncode == 0 and "8 episodes already finished" in again.stderr
     engine = tracing.open_db(postgres_url, create=False)
     sessions = tracing.sessions(engine)
-    assert sorted(s["seed"] for s in sessions) == list(range(1, 9))
+    assert sorted(s.seed for s in sessions) == list(range(1, 9))
     canonical = lambda body: json.dumps(body, sort_keys=True)
-    rebuilt = sorted(canonical(body) for s in sessions for _, body in tracing.rebuild_requests(engine, s["session_id"]))
+    rebuilt = sorted(canonical(body) for s in sessions for _, body in tracing.rebuild_requests(engine, s.session_id))
     assert rebuilt == sorted(canonical(body) for body in endpoint.requests)
     engine.dispose()
 
@@ -48,5 +48,5 @@ def test_builtin_policy_into_postgres(tmp_path, postgres_url):
     done = run_module("synth_qwen.run_crafter", env, tmp_path)
     assert done.returncode == 0, done.stderr
     engine = tracing.open_db(postgres_url, create=False)
-    assert {s["status"] for s in tracing.sessions(engine)} <= {"max_steps", "died"}
+    assert {s.status for s in tracing.sessions(engine)} <= {"max_steps", "died"}
     engine.dispose()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from synth_qwen import tracing
-from synth_qwen.policy import parse_text_actions
+from synth_qwen.action_schema import parse_text_actions
 from test_filter_traces import without_weights
 from test_relabel import teacher_answers
 
@@ -57,15 +57,15 @@ def test_quickstart_prints_the_round_table(quickstart):
         or "this round learns from the relabelled turns only" in output
     # every stage's sessions: the teacher and the student on training seeds, every model on the eval seeds
     sessions = tracing.sessions(engine)
-    plays = {s["run_id"]: s["model"] for s in sessions if s["purpose"] == "rollout"}
+    plays = {s.run_id: s.model for s in sessions if s.purpose == "rollout"}
     assert plays == {"quickstart-r0-play": "builtin:expert", "quickstart-r1-play": rounds[0]["model"]}
-    evaluated = {s["model"] for s in sessions if s["purpose"] == "eval"}
+    evaluated = {s.model for s in sessions if s.purpose == "eval"}
     assert evaluated == {"builtin:random", "builtin:expert", rounds[0]["model"], rounds[1]["model"]}
 
 
 def test_no_eval_seed_is_in_any_training_example(quickstart):
     work, _, engine = quickstart
-    eval_seeds = {s["seed"] for s in tracing.sessions(engine) if s["purpose"] == "eval"}
+    eval_seeds = {s.seed for s in tracing.sessions(engine) if s.purpose == "eval"}
     trained = {json.loads(line)["metadata"]["seed"]
                for path in work.glob("round*-train.jsonl") for line in path.read_text().splitlines()}
     assert eval_seeds and trained and not eval_seeds & trained

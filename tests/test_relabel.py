@@ -8,8 +8,9 @@ import pytest
 
 from synth_qwen import filter_traces, tracing
 from synth_qwen.crafter_env import CrafterEnv
+from synth_qwen.observation import observe
 from synth_qwen.expert import ExpertAgent
-from synth_qwen.run_crafter import play
+from synth_qwen.progress import play
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from synth_qwen.settings import FilterSettings, RolloutSettings
 from rollout_helpers import db_sessions, rollout_env, run_module
@@ -68,19 +69,19 @@ def run_filter(capsys, db: Path, out: Path, *args) -> tuple[int, dict, list[str]
     return code, report, out.read_text().splitlines() if out.exists() else [], printed.err
 
 
-def teacher_answers(session: dict, steps: list[dict], turns: list[int]) -> dict[int, dict]:
+def teacher_answers(session: tracing.Session, steps: list[tracing.Step], turns: list[int]) -> dict[int, dict]:
     """turn -> the interact arguments a fresh expert gives when led along the recorded actions."""
-    env = CrafterEnv(seed=session["seed"], difficulty=session["difficulty"])
-    env.reset()
+    env = CrafterEnv(seed=session.seed, difficulty=session.difficulty)
+    env.start()
     start = env._player.pos.copy()
-    expert = ExpertAgent(max_actions=session["metadata"]["actions_per_turn"], seed=session["seed"])
+    expert = ExpertAgent(max_actions=session.metadata["actions_per_turn"], seed=session.seed)
     answers = {}
     for turn in turns:
-        actions, reasoning = expert.act(env.observe())
+        actions, reasoning = expert.act(observe(env))
         answers[turn] = {"reasoning": reasoning, "actions": actions}
-        done = [row["action"] for row in steps if row["turn"] == turn]
+        done = [row.action for row in steps if row.turn == turn]
         for action in done:
-            env.step(action)
+            env.act(action)
         expert.executed(done, tuple(int(v) for v in env._player.pos - start))
     return answers
 
@@ -107,9 +108,9 @@ def test_relabelled_examples_are_the_students_requests_with_the_teachers_replies
     examples = [json.loads(line) for line in lines]
     engine = tracing.open_db(f"sqlite:///{student_db}", create=False)
     sessions = db_sessions(student_db)
-    assert code == 0 and {e["metadata"]["session_id"] for e in examples} == {s["session_id"] for s in sessions}
+    assert code == 0 and {e["metadata"]["session_id"] for e in examples} == {s.session_id for s in sessions}
     for session in sessions:
-        sid = session["session_id"]
+        sid = session.session_id
         requests = dict(tracing.rebuild_requests(engine, sid))  # every call the student made: turn -> body
         mine = {e["metadata"]["turn"]: e for e in examples if e["metadata"]["session_id"] == sid}
         assert sorted(mine) == sorted(requests)  # invalid turns and the failed call included
@@ -120,12 +121,12 @@ def test_relabelled_examples_are_the_students_requests_with_the_teachers_replies
             assert without_weights(request) == requests[turn]["messages"]  # exactly what the student was sent
             call, = reply["tool_calls"]
             assert call["id"] == f"call_{sid[-8:]}_{turn}" and json.loads(call["function"]["arguments"]) == answers[turn]
-            assert example["metadata"]["relabelled_by"] == "builtin:expert" and example["metadata"]["model"] == session["model"]
-    scripted = next(s for s in sessions if s["model"] == "scripted")
-    assert (scripted["status"], scripted["turns"], scripted["invalid_turns"]) == ("agent_error", 4, 1)
+            assert example["metadata"]["relabelled_by"] == "builtin:expert" and example["metadata"]["model"] == session.model
+    scripted = next(s for s in sessions if s.model == "scripted")
+    assert (scripted.status, scripted.turns, scripted.invalid_turns) == ("agent_error", 4, 1)
     engine.dispose()
     after_invalid = next(e for e in examples if (e["metadata"]["session_id"], e["metadata"]["turn"]) ==
-                         (scripted["session_id"], 2))
+                         (scripted.session_id, 2))
     assert after_invalid["messages"][-2]["content"].startswith("Your previous reply was invalid")
     assert report["relabelled_turns"] == len(examples) and report["relabel_diverged"] == 0
     assert 2 <= report["relabelled_differently"] <= len(examples)  # at least the invalid turn and the failed call

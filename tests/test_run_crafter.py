@@ -27,7 +27,7 @@ def test_every_request_can_be_rebuilt_exactly_from_the_db(tmp_path):
         done = run(tmp_path, endpoint, crafter_episodes=3, crafter_max_steps=8, crafter_history=2)
     assert done.returncode == 0, done.stderr
     engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
-    rebuilt = [body for s in tracing.sessions(engine) for _, body in tracing.rebuild_requests(engine, s["session_id"])]
+    rebuilt = [body for s in tracing.sessions(engine) for _, body in tracing.rebuild_requests(engine, s.session_id)]
     received = endpoint.requests
     assert len(rebuilt) == len(received) == 3 * 8
     canonical = lambda bodies: sorted(json.dumps(b, sort_keys=True) for b in bodies)
@@ -44,14 +44,14 @@ def test_sessions_record_model_tokens_cost_and_outcome(tmp_path):
                    crafter_seed=40)
     assert done.returncode == 0, done.stderr
     sessions = db_sessions(tmp_path / "traces.db")
-    assert sorted(s["seed"] for s in sessions) == [40, 41]
+    assert sorted(s.seed for s in sessions) == [40, 41]
     for s in sessions:
-        assert s["model"] == "test-model" and s["difficulty"] == "hard" and s["purpose"] == "rollout"
-        assert s["status"] in ("max_steps", "died")
-        assert s["turns"] == 5 or s["status"] == "died"
-        assert s["prompt_tokens"] > 0 and s["completion_tokens"] > 0
-        assert s["cost_usd"] == pytest.approx(0.00025 * s["turns"])
-        assert s["env_steps"] == count_rows(tmp_path / "traces.db", tracing.session_timesteps, s["session_id"])
+        assert s.model == "test-model" and s.difficulty == "hard" and s.purpose == "rollout"
+        assert s.status in ("max_steps", "died")
+        assert s.turns == 5 or s.status == "died"
+        assert s.prompt_tokens > 0 and s.completion_tokens > 0
+        assert s.cost_usd == pytest.approx(0.00025 * s.turns)
+        assert s.env_steps == count_rows(tmp_path / "traces.db", tracing.session_timesteps, s.session_id)
     assert "Crafter score" in done.stdout and "progression" in done.stdout
 
 
@@ -60,16 +60,16 @@ def test_invalid_turns_do_not_step_the_env_and_are_explained(tmp_path):
         done = run(tmp_path, endpoint, crafter_episodes=1, crafter_max_steps=5)
     assert done.returncode == 0, done.stderr
     [session] = db_sessions(tmp_path / "traces.db")
-    assert session["invalid_turns"] == 2 and session["status"] == "max_steps"
+    assert session.invalid_turns == 2 and session.status == "max_steps"
     engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
     with engine.connect() as conn:
-        by_turn = tracing.session_turn_messages(conn, session["session_id"])
-        events = tracing.session_events(conn, session["session_id"])
+        by_turn = tracing.session_turn_messages(conn, session.session_id)
+        events = tracing.session_events(conn, session.session_id)
         steps = conn.execute(tracing.session_timesteps.select()).fetchall()
-    assert [e["valid"] for e in events] == [False, False, True, True, True]
-    assert "unknown action 'eat_cow'" in events[1]["invalid_reason"]
-    assert by_turn[1][0]["content"].startswith("Your previous reply was invalid (no interact tool call")
-    assert by_turn[2][0]["content"].startswith("Your previous reply was invalid (unknown action 'eat_cow'")
+    assert [e.valid for e in events] == [False, False, True, True, True]
+    assert "unknown action 'eat_cow'" in events[1].invalid_reason
+    assert by_turn[1][0].content.startswith("Your previous reply was invalid (no interact tool call")
+    assert by_turn[2][0].content.startswith("Your previous reply was invalid (unknown action 'eat_cow'")
     assert {row.turn for row in steps} == {2, 3, 4}  # the env only moved on valid turns
 
 
@@ -78,8 +78,8 @@ def test_consecutive_invalid_turns_end_the_episode_as_agent_error(tmp_path):
         done = run(tmp_path, endpoint, crafter_episodes=2, crafter_max_steps=10, crafter_max_invalid=3)
     assert done.returncode == 0, done.stderr  # the endpoint answered: the run itself worked
     for s in db_sessions(tmp_path / "traces.db"):
-        assert s["status"] == "agent_error" and s["turns"] == 3 and s["env_steps"] == 0
-        assert "3 invalid turns in a row" in s["status_reason"]
+        assert s.status == "agent_error" and s.failure == tracing.INVALID_TURNS and s.turns == 3 and s.env_steps == 0
+        assert "3 invalid turns in a row" in s.status_reason
 
 
 def test_transient_failures_are_retried(tmp_path):
@@ -87,11 +87,11 @@ def test_transient_failures_are_retried(tmp_path):
         done = run(tmp_path, endpoint, crafter_episodes=1, crafter_max_steps=3, crafter_max_retries=6)
     assert done.returncode == 0, done.stderr
     [session] = db_sessions(tmp_path / "traces.db")
-    assert session["status"] == "max_steps" and session["invalid_turns"] == 0
+    assert session.status == "max_steps" and session.invalid_turns == 0
     engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
     with engine.connect() as conn:
-        events = tracing.session_events(conn, session["session_id"])
-    assert events[0]["attempts"] == 6 and events[0]["error"] is None
+        events = tracing.session_events(conn, session.session_id)
+    assert events[0].attempts == 6 and events[0].error is None
 
 
 def test_a_call_that_keeps_failing_ends_the_episode_and_an_unreachable_run_exits_1(tmp_path):
@@ -100,7 +100,7 @@ def test_a_call_that_keeps_failing_ends_the_episode_and_an_unreachable_run_exits
     assert done.returncode == 1
     assert "no episode could reach the policy endpoint" in done.stderr and "HTTP 500" in done.stderr
     for s in db_sessions(tmp_path / "traces.db"):
-        assert s["status"] == "agent_error" and "HTTP 500" in s["status_reason"]
+        assert s.status == "agent_error" and "HTTP 500" in s.status_reason and s.failure == tracing.CALL_FAILED
 
 
 def test_nothing_listening_exits_1_with_the_reason(tmp_path):
@@ -114,8 +114,8 @@ def test_32_concurrent_episodes_without_lock_errors(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "locked" not in done.stderr
     sessions = db_sessions(tmp_path / "traces.db")
-    assert len(sessions) == 32 and len({s["seed"] for s in sessions}) == 32
-    assert all(s["status"] in ("max_steps", "died") for s in sessions)
+    assert len(sessions) == 32 and len({s.seed for s in sessions}) == 32
+    assert all(s.status in ("max_steps", "died") for s in sessions)
 
 
 def test_killed_run_loses_no_finished_episode_and_resumes_without_duplicates(tmp_path):
@@ -131,20 +131,20 @@ def test_killed_run_loses_no_finished_episode_and_resumes_without_duplicates(tmp
         process.wait()
         assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         before = db_sessions(db)
-        finished = {s["session_id"]: s for s in before if s["status"] != "incomplete"}
+        finished = {s.session_id: s for s in before if s.status != "incomplete"}
         assert 3 <= len(finished) < 12
         for session_id, s in finished.items():  # finished episodes are whole
-            assert count_rows(db, tracing.events, session_id) == s["turns"]
+            assert count_rows(db, tracing.events, session_id) == s.turns
         for s in before:
-            if s["status"] == "incomplete":
-                assert count_rows(db, tracing.events, s["session_id"]) == 0  # never half-written
+            if s.status == "incomplete":
+                assert count_rows(db, tracing.events, s.session_id) == 0  # never half-written
         again = run_module("synth_qwen.run_crafter", env, tmp_path)
     assert again.returncode == 0, again.stderr
     assert "resuming run resume-me" in again.stderr
     after = db_sessions(db)
-    assert sorted(s["seed"] for s in after) == list(range(1, 13))
-    assert all(s["status"] != "incomplete" for s in after)
-    assert set(finished) <= {s["session_id"] for s in after}  # kept, not replayed
+    assert sorted(s.seed for s in after) == list(range(1, 13))
+    assert all(s.status != "incomplete" for s in after)
+    assert set(finished) <= {s.session_id for s in after}  # kept, not replayed
 
 
 def test_ctrl_c_keeps_finished_episodes_and_prints_how_to_resume(tmp_path):
@@ -159,7 +159,7 @@ def test_ctrl_c_keeps_finished_episodes_and_prints_how_to_resume(tmp_path):
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert "CRAFTER_RUN_ID=stop-me python -m synth_qwen.run_crafter" in stderr
-    statuses = [s["status"] for s in db_sessions(db)]
+    statuses = [s.status for s in db_sessions(db)]
     assert statuses.count("incomplete") >= 1 and len(statuses) - statuses.count("incomplete") >= 2
 
 
@@ -193,7 +193,7 @@ def test_text_mode_parses_action_names(tmp_path):
         done = run(tmp_path, endpoint, crafter_tool_mode="text", crafter_episodes=1, crafter_max_steps=4)
     assert done.returncode == 0, done.stderr
     [session] = db_sessions(tmp_path / "traces.db")
-    assert session["invalid_turns"] == 0 and session["env_steps"] > 0 and session["tools"] is None
+    assert session.invalid_turns == 0 and session.env_steps > 0 and session.tools is None
     assert "tools" not in endpoint.requests[0]
 
 
@@ -202,9 +202,9 @@ def test_builtin_random_is_traced_like_an_llm(tmp_path):
     assert done.returncode == 0, done.stderr
     engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
     session = tracing.sessions(engine)[0]
-    assert session["policy"] == "builtin:random" and session["cost_usd"] == 0.0
+    assert session.policy == "builtin:random" and session.cost_usd == 0.0
     with engine.connect() as conn:
-        assistant = tracing.session_turn_messages(conn, session["session_id"])[0][1]
-    call = assistant["tool_calls"][0]
+        assistant = tracing.session_turn_messages(conn, session.session_id)[0][1]
+    call = assistant.tool_calls[0]
     assert call["type"] == "function" and call["function"]["name"] == "interact"
     assert json.loads(call["function"]["arguments"])["actions"]

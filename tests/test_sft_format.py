@@ -2,11 +2,12 @@
 import json
 
 from serve_helpers import crafter_examples, write_jsonl
+from synth_qwen.action_schema import tool_call
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example, validate_jsonl
 
 
 def call(call_id="call_1", arguments='{"actions": ["do"]}'):
-    return {"id": call_id, "type": "function", "function": {"name": "interact", "arguments": arguments}}
+    return tool_call(call_id, arguments)
 
 
 def test_a_per_turn_example_with_history_is_valid():

@@ -1,0 +1,73 @@
+"""What a rollout shows while it plays (run_crafter and eval): a rich bar on a terminal, one plain line
+per episode (and a heartbeat) in CI logs. Everything goes to stderr; stdout keeps the results."""
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from synth_qwen import run_stats
+from synth_qwen.rollout import RunResult, Runner
+from synth_qwen.settings import RolloutSettings
+from synth_qwen.tracing import Session
+
+console = Console(stderr=True)
+
+
+class RunProgress:
+    HEARTBEAT_S = 20  # in plain mode, a line at least this often while turns are being played
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done = total, label, []
+        self.turns, self.started, self.last_line = 0, time.monotonic(), time.monotonic()
+        self.bar = None
+        if console.is_terminal and total:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("{task.fields[means]}"), console=console)
+            self.task = self.bar.add_task(label, total=total, means="")
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def means(self) -> str:
+        summary = run_stats.summarize(self.done)
+        return (f"ach {summary['mean_achievements']:.2f} | reward {summary['mean_reward']:.2f} | "
+                f"invalid {summary['invalid_turn_pct']:.1f}% | tok/turn {summary['tokens_per_turn']:.0f}")
+
+    def turn_done(self) -> None:
+        self.turns += 1
+        now = time.monotonic()
+        if not self.bar and now - self.last_line >= self.HEARTBEAT_S:
+            self.last_line = now
+            print(f"[{self.label}] {len(self.done)}/{self.total} episodes done, {self.turns} turns played, "
+                  f"{now - self.started:.0f}s", file=sys.stderr, flush=True)
+
+    def episode_done(self, session: Session) -> None:
+        self.last_line = time.monotonic()
+        self.done.append(session)
+        if self.bar:
+            self.bar.update(self.task, advance=1, means=self.means())
+        else:
+            print(f"[{self.label} {len(self.done)}/{self.total}] seed={session.seed} "
+                  f"status={session.status} achievements={session.num_achievements} "
+                  f"reward={session.total_reward:.1f} turns={session.turns} | means: {self.means()}",
+                  file=sys.stderr, flush=True)
+
+
+async def play(settings: RolloutSettings, run_id: str, purpose: str, label: str) -> RunResult:
+    """Play every pending seed of the run with progress on the console (run_crafter and eval)."""
+    runner = Runner(settings, run_id, purpose)
+    seeds, kept, dropped = runner.pending_seeds()
+    if kept or dropped:
+        console.print(f"resuming run {run_id}: {kept} episodes already finished, "
+                      f"{dropped} incomplete ones will be replayed", highlight=False)
+    with RunProgress(len(seeds), label) as progress:
+        return await runner.run(seeds, progress.turn_done, progress.episode_done)

@@ -1,0 +1,67 @@
+"""Every per-run statistic, computed in one place from finished sessions, on top of `metrics` (the
+definitions) and `stats` (the intervals). run_crafter's summary, its progress line, eval's report and
+the rounds table all read these."""
+from __future__ import annotations
+
+from statistics import mean
+from typing import Sequence
+
+from synth_qwen import metrics, stats
+from synth_qwen.crafter_env import ACHIEVEMENTS
+from synth_qwen.tracing import Session
+
+Episodes = Sequence[Sequence[str]]  # each episode's unlocked achievements
+
+
+def crafter_score(episodes: Episodes) -> float:
+    return metrics.crafter_score(metrics.success_rates(episodes).values())
+
+
+def progression_pct(episodes: Episodes) -> float:
+    return 100 * mean(metrics.progression(achievements) for achievements in episodes)
+
+
+def estimate(episodes: Episodes, statistic) -> dict:
+    """The statistic with its 95 % bootstrap interval over episodes."""
+    low, high = stats.bootstrap_ci(episodes, statistic)
+    return {"value": round(statistic(episodes), 3), "ci95": [round(low, 3), round(high, 3)]}
+
+
+def success_rates_with_ci(episodes: Episodes) -> dict[str, dict]:
+    """Per achievement: successes, the rate and its 95 % Wilson interval, in percent."""
+    n = len(episodes)
+    table = {}
+    for name, successes in metrics.success_counts(episodes).items():
+        low, high = stats.wilson_interval(successes, n)
+        table[name] = {"successes": successes, "rate_pct": round(100 * successes / n, 1),
+                       "ci95_pct": [round(100 * low, 1), round(100 * high, 1)]}
+    return table
+
+
+def summarize(sessions: Sequence[Session], wall_s: float = 0.0) -> dict:
+    """The run's summary over its finished sessions (unfinished ones are left out)."""
+    finished = [s for s in sessions if s.finished]
+    n = len(finished) or 1
+    rates = metrics.success_rates([s.achievements for s in finished])
+    turns = sum(s.turns for s in finished)
+    costs = [s.cost_usd for s in finished]
+    statuses: dict[str, int] = {}
+    for s in finished:
+        statuses[s.status] = statuses.get(s.status, 0) + 1
+    tokens = sum(s.prompt_tokens + s.completion_tokens for s in finished)
+    return {
+        "episodes": len(finished), "status_counts": statuses,
+        "crafter_score": round(metrics.crafter_score(rates.values()), 3) if finished else None,
+        "progression_pct": round(100 * sum(metrics.progression(s.achievements) for s in finished) / n, 2),
+        "mean_achievements": round(sum(s.num_achievements for s in finished) / n, 3),
+        "mean_reward": round(sum(s.total_reward for s in finished) / n, 3),
+        "mean_turns": round(turns / n, 2),
+        "mean_env_steps": round(sum(s.env_steps for s in finished) / n, 2),
+        "invalid_turn_pct": round(100 * sum(s.invalid_turns for s in finished) / (turns or 1), 2),
+        "prompt_tokens": sum(s.prompt_tokens for s in finished),
+        "completion_tokens": sum(s.completion_tokens for s in finished),
+        "tokens_per_turn": round(tokens / (turns or 1), 1),
+        "cost_usd": None if any(c is None for c in costs) else round(sum(costs), 6),
+        "success_rates_pct": {name: round(rates[name], 1) for name in ACHIEVEMENTS},
+        "wall_s": round(wall_s, 2),
+    }
