@@ -8,7 +8,7 @@ import pytest
 
 import crafter
 from crafter import objects
-from synth_qwen import crafter_env
+from synth_qwen import world_stats
 from synth_qwen.crafter_env import ACHIEVEMENTS, ACTIONS, CrafterEnv
 
 TRAJECTORY_SCRIPT = """
@@ -86,7 +86,7 @@ def test_presets_change_the_world_and_stay_independent_in_one_process():
 
 
 def test_preset_statistics_follow_the_names():
-    table = crafter_env.preset_stats(worlds=20)
+    table = world_stats.preset_stats(worlds=20)
     order = ["easy", "normal", "hard"]
     for resource in ("tree", "coal", "iron", "cow"):
         values = [table[d][resource] for d in order]
