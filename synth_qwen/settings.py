@@ -23,7 +23,6 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, TypeVar
 
-import pydantic_settings
 from dotenv import dotenv_values
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (BaseSettings, CliPositionalArg, CliSettingsSource, DotEnvSettingsSource,
@@ -80,8 +79,6 @@ def load(model: type[Model], overrides: dict | None = None, argv: list[str] | No
         return parse(model, values, origins)
     except SettingsError as error:
         exit_usage(str(error))
-    except pydantic_settings.SettingsError as error:  # the CLI source's own parse errors
-        exit_usage(str(error).removeprefix("error parsing CLI: "))
 
 
 def own_fields(model: type[BaseSettings], layer: dict) -> dict:
