@@ -5,8 +5,8 @@
       python -m synth_qwen.filter_traces
     python -m synth_qwen.filter_traces -d sqlite:///traces/v3/lm_synth/traces.db -o ft_data/out.jsonl -c filter.toml
 
-Settings come from CLI flags > environment (and .env) > the `[filter]` table of `-c FILE.toml` >
-defaults. Sessions are streamed: filters in a fixed order (the funnel), then one example per valid
+Settings (settings.py) come from CLI flags > environment > .env > the `[filter]` table of
+`-c FILE.toml` > defaults. Sessions are streamed: filters in a fixed order (the funnel), then one example per valid
 turn (`messages` = exactly the request sent on that call + the reply; history replies weight 0) or,
 in `episode` mode, one per episode whose every call saw the whole episode so far. With
 FILTER_RELABEL a teacher's reply in the student's exact state replaces the student's on every
@@ -18,14 +18,12 @@ unreadable or nothing passes (the funnel says where it all went); 2 on bad setti
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import re
 import sys
-import tomllib
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,77 +33,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from synth_qwen import tracing
+from synth_qwen.settings import FilterSettings, load
 from synth_qwen.tracing import LMEvent, Message, Session, Step
-from synth_qwen.settings import FilterSettings, SettingsError, env_values, exit_usage, load_dotenv_once, parse
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
-
-# ---------------------------------------------------------------------------------------
-# Settings: CLI > env > TOML > defaults
-
-FLAGS = {  # flag -> settings field (the env var, lower-cased)
-    "--db": "crafter_db_url", "--output": "output_jsonl", "--min-total-reward": "min_total_reward",
-    "--min-achievements": "min_achievements", "--required-achievements": "required_achievements",
-    "--max-cost": "max_cost", "--max-tokens": "max_tokens", "--models": "models",
-    "--run-ids": "filter_run_ids", "--difficulties": "filter_difficulties", "--statuses": "filter_statuses",
-    "--mode": "filter_mode", "--max-example-tokens": "filter_max_example_tokens",
-    "--validation-fraction": "filter_validation_fraction", "--validation-output": "filter_validation_jsonl",
-    "--relabel": "filter_relabel", "--reasoning": "filter_reasoning",
-}
-SWITCHES = {"--include-eval": "filter_include_eval", "--dedup": "filter_dedup"}  # also --no-…
-SHORT = {"--db": "-d", "--output": "-o"}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + error; a user error is one line here
-        exit_usage(f"{message} (see --help)")
-
-
-def cli_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m synth_qwen.filter_traces",
-                           description="Trace DB -> OpenAI chat fine-tuning JSONL. "
-                                       "Precedence: CLI > env > TOML [filter] > defaults.")
-    parser.add_argument("-c", "--config", type=Path, help="TOML file with a [filter] table (keys = env names, "
-                                                          "lower-case, FILTER_ prefix optional)")
-    for flag, name in FLAGS.items():
-        parser.add_argument(*filter(None, (SHORT.get(flag), flag)), dest=name, metavar=name.upper())
-    for flag, name in SWITCHES.items():
-        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
-    parser.add_argument("--dry-run", dest="filter_dry_run", action="store_const", const=True,
-                        help="report the funnel, write nothing")
-    parser.add_argument("--json", dest="filter_json", action="store_const", const=True,
-                        help="print the funnel as JSON on stdout (the text goes to stderr)")
-    return parser
-
-
-def toml_values(path: Path) -> dict:
-    try:
-        table = tomllib.loads(path.read_text()).get("filter", {})
-    except FileNotFoundError:
-        raise SettingsError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
-    if not isinstance(table, dict):
-        raise SettingsError(f"config file {path}: [filter] must be a table")
-    values = {}
-    for key, value in table.items():
-        name = key if key in FilterSettings.model_fields else f"filter_{key}"
-        if name not in FilterSettings.model_fields:
-            raise SettingsError(f"config file {path}: unknown key {key!r} in [filter]")
-        values[name] = value
-    return values
-
-
-def load_settings(argv: list[str] | None = None) -> FilterSettings:
-    args = vars(cli_parser().parse_args(argv))
-    config = args.pop("config")
-    cli = {name: value for name, value in args.items() if value is not None}
-    load_dotenv_once()
-    try:
-        toml = toml_values(config) if config else {}
-        return parse(FilterSettings, {**toml, **env_values(FilterSettings), **cli})
-    except SettingsError as error:
-        exit_usage(str(error))
-
 
 # ---------------------------------------------------------------------------------------
 # Which episodes: session filters, in funnel order
@@ -557,7 +487,7 @@ def emit(example: dict, metadata: dict, event: LMEvent, s: FilterSettings, f: Fu
 
 
 def main(argv: list[str] | None = None) -> int:
-    s = load_settings(argv)
+    s = load(FilterSettings, argv=sys.argv[1:] if argv is None else argv)
     validation = s.validation_jsonl if s.filter_validation_fraction > 0 else None
     f = Funnel(db=redact(s.crafter_db_url), mode=s.filter_mode, output=str(s.output_jsonl),
                validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run,

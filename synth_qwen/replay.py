@@ -2,6 +2,8 @@
 
     python -m synth_qwen.replay SESSION_ID [--db URL] [--out replays/SESSION_ID.gif] [--size 320] [--fps 8]
 
+Flags, else CRAFTER_DB_URL, REPLAY_OUT, REPLAY_SIZE, REPLAY_FPS (environment, then .env; settings.py).
+
 The env is deterministic, so a trace's seed, difficulty and actions (session_timesteps, in step
 order) must reproduce its recorded reward and new achievements at every step. A divergence means
 a corrupted trace or one recorded by different game code: it is reported and the exit status is 1.
@@ -10,8 +12,6 @@ writes an MP4 when imageio can (pip install imageio-ffmpeg).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -24,10 +24,10 @@ from PIL import Image, ImageDraw, ImageFont
 from synth_qwen import tracing
 from synth_qwen.tracing import Session, Step
 from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, StepResult
-from synth_qwen.settings import DEFAULT_DB_URL, exit_usage, load_dotenv_once, normalize_db_url
+from synth_qwen.settings import ReplaySettings, exit_usage, load
 
-FRAME_SIZE = 320  # pixels; the game area is square, the text banner goes above it
-FPS = 8
+FRAME_SIZE = ReplaySettings.model_fields["replay_size"].default  # pixels; the game is square, the banner above
+FPS = ReplaySettings.model_fields["replay_fps"].default
 LINE_HEIGHT = 14
 BANNER_LINES = 3  # the step line, then two lines of achievements
 REWARD_TOLERANCE = 1e-9  # rewards are multiples of 0.1 stored as floats: exact in practice
@@ -144,38 +144,28 @@ def replay_to_file(engine: sa.Engine, session_id: str, path: Path, size: int = F
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m synth_qwen.replay", description=__doc__.split("\n")[0])
-    parser.add_argument("session_id")
-    parser.add_argument("--db", help=f"trace DB URL (default: CRAFTER_DB_URL, else {DEFAULT_DB_URL})")
-    parser.add_argument("--out", type=Path, help="output file, .gif or .mp4 (default: replays/SESSION_ID.gif)")
-    parser.add_argument("--size", type=int, default=FRAME_SIZE, help=f"frame width in pixels (default {FRAME_SIZE})")
-    parser.add_argument("--fps", type=int, default=FPS, help=f"frames per second (default {FPS})")
-    args = parser.parse_args(argv)
-    load_dotenv_once()
-    db_url = args.db or os.environ.get("CRAFTER_DB_URL", "").strip() or DEFAULT_DB_URL
+    s = load(ReplaySettings, argv=sys.argv[1:] if argv is None else argv)
     try:
-        engine = tracing.open_db(normalize_db_url(db_url), create=False)
-        trace = load_trace(engine, args.session_id)
-    except ValueError as error:
-        exit_usage(f"trace DB URL {db_url!r} is invalid: {error}")
+        engine = tracing.open_db(s.crafter_db_url, create=False)
+        trace = load_trace(engine, s.session_id)
     except (tracing.MissingDatabase, LookupError) as error:
         exit_usage(str(error))
     session = trace.session
-    print(f"replaying {args.session_id}: {session.model} on {session.difficulty}, seed {session.seed}, "
+    print(f"replaying {s.session_id}: {session.model} on {session.difficulty}, seed {session.seed}, "
           f"{len(trace.steps)} env steps", file=sys.stderr)
-    frames, divergence = replay(trace, args.size)
+    frames, divergence = replay(trace, s.replay_size)
     if divergence:
         print(f"error: the replay does not reproduce the trace at {divergence}. The trace is corrupted, or it "
               f"was recorded by different game code (crafter version, difficulty presets).", file=sys.stderr)
         return 1
-    out = args.out or Path("replays") / f"{args.session_id}.gif"
+    out = s.replay_out or Path("replays") / f"{s.session_id}.gif"
     try:
-        write_video(frames, out, args.fps)
+        write_video(frames, out, s.replay_fps)
     except RuntimeError as error:
         exit_usage(str(error))
     print(f"reproduced exactly: {len(trace.steps)} steps, reward {session.total_reward:+.1f}, "
           f"achievements: {', '.join(session.achievements) or 'none'}")
-    print(f"wrote {out} ({len(frames)} frames, {args.fps} fps)")
+    print(f"wrote {out} ({len(frames)} frames, {s.replay_fps} fps)")
     return 0
 
 

@@ -1,20 +1,32 @@
-"""Every env var of every stage, validated in one place.
+"""Every setting of every stage, validated in one place and read one way (pydantic-settings).
 
-Each stage declares a pydantic model whose field names are the lower-cased env var names
-(`crafter_episodes` <- `CRAFTER_EPISODES`). `load(Model)` reads a `.env` file from the
-working directory (existing environment variables win), validates, and on a user error
-prints one line naming the variable and exits 2 — no traceback.
+Each stage declares a model whose field names are the lower-cased env var names
+(`crafter_episodes` <- `CRAFTER_EPISODES`). `load(Model)` reads it from these layers, highest first:
+
+    CLI flags  >  environment  >  .env (working directory)  >  TOML table (-c FILE.toml)  >  defaults
+
+Only filter_traces, replay and world_stats take flags (`load(Model, argv=...)`): every setting is a flag named
+after its variable in kebab case (`--min-total-reward`), plus the short forms of `cli_shortcuts`
+(`-d/--db`); a model with a `toml_table` also takes `-c FILE.toml`. A blank value in any layer
+means "not set here". On a user error `load` prints one line naming the variable and exits 2 — no
+traceback. Constructing a model directly (`RolloutSettings(crafter_episodes=3)`) reads nothing:
+tests and callers get exactly the values they pass.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import sys
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (BaseSettings, CliPositionalArg, CliSettingsSource, DotEnvSettingsSource,
+                               EnvSettingsSource, SettingsConfigDict)
 
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -22,64 +34,121 @@ DEFAULT_ACTIONS_PER_TURN = 5  # CRAFTER_ACTIONS_PER_TURN's default; also the len
 DEFAULT_SFT_JSONL = Path("ft_data/qwen4b_crafter_sft.jsonl")  # filter_traces writes it, sft_kickoff reads it
 LOCAL_SERVICE_URL = "http://localhost:8000/api"
 LOOPBACK_PLACEHOLDER_KEY = "sk-local-placeholder"
+DOTENV = ".env"  # read from the working directory
 
-Model = TypeVar("Model", bound=BaseModel)
+Model = TypeVar("Model", bound=BaseSettings)
 
 
 class SettingsError(Exception):
     """A user error in configuration; the message is one line that names the fix."""
 
 
-class Settings(BaseModel):
-    """Base: unknown fields forbidden, blank env values mean 'use the default'."""
+class Settings(BaseSettings):
+    """Base: unknown fields forbidden; values are read only by `load`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True,
+        enable_decoding=False,  # lists are "a b,c" and caps "none", not JSON: the field validators parse them
+        cli_kebab_case=True,  # --min-total-reward for MIN_TOTAL_REWARD
+        cli_implicit_flags=True,  # booleans are switches: --dedup / --no-dedup
+        cli_hide_none_type=True,  # --help shows `float`, not `{float,null}`
+    )
+    toml_table: ClassVar[str | None] = None  # a stage with a table takes -c FILE.toml
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings,)  # constructing a model reads no environment; load() reads the layers
 
 
-def load_dotenv_once() -> None:
+def load(model: type[Model], overrides: dict | None = None, argv: list[str] | None = None) -> Model:
+    """Read `model` from its layers (CLI > env > .env > TOML > defaults; `overrides` above all).
+    `argv` (the arguments after the program name) only for modules that take flags. On a user
+    error: one line on stderr, exit 2."""
     try:
-        from dotenv import load_dotenv
-    except ImportError:  # python-dotenv is a core dependency; tolerate its absence in odd envs
-        return
-    load_dotenv(Path.cwd() / ".env", override=False)
+        cli, toml_file = read_cli(model, argv) if argv is not None else ({}, None)
+        layers = [  # lowest precedence first, each with the words that say where a bad value came from
+            (f"from {toml_file}", read_toml(model, toml_file) if toml_file else {}),
+            (f"from {DOTENV}", own_fields(model, DotEnvSettingsSource(model, env_file=Path.cwd() / DOTENV)())),
+            ("", EnvSettingsSource(model)()),
+            ("from the command line", cli),
+            ("", overrides or {}),
+        ]
+        values, origins = {}, {}
+        for origin, layer in layers:
+            for name, value in without_blanks(layer).items():
+                values[name], origins[name] = value, origin
+        return parse(model, values, origins)
+    except SettingsError as error:
+        exit_usage(str(error))
 
 
-def env_values(model: type[BaseModel], environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The env vars that belong to `model`, blank values dropped (blank = default)."""
-    environ = os.environ if environ is None else environ
-    values = {}
-    for name in model.model_fields:
-        raw = environ.get(name.upper())
-        if raw is not None and raw.strip() != "":
-            values[name] = raw.strip()
-    return values
+def own_fields(model: type[BaseSettings], layer: dict) -> dict:
+    """A shared .env also holds other stages' variables: keep only this model's."""
+    return {name: value for name, value in layer.items() if name in model.model_fields}
 
 
-def describe_error(model: type[BaseModel], error: ValidationError, values: dict) -> str:
+def without_blanks(layer) -> dict:
+    """Strip string values and drop blank ones: blank means "not set in this layer"."""
+    stripped = {name: value.strip() if isinstance(value, str) else value for name, value in layer.items()}
+    return {name: value for name, value in stripped.items() if value != ""}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + error and exits; a user error is one line here
+        raise SettingsError(f"{message} (see --help)")
+
+
+def read_cli(model: type[Settings], argv: list[str]) -> tuple[dict, Path | None]:
+    """The flags in `argv` as field values, and the -c TOML file if one was given."""
+    toml = " > TOML (-c)" if model.toml_table else ""
+    parser = OneLineParser(prog=model.model_config.get("cli_prog_name"), description=model.__doc__,
+                           epilog=f"Precedence: CLI flags > environment > .env{toml} > defaults.")
+    if model.toml_table:
+        parser.add_argument("-c", "--config", type=Path, help=f"TOML file with a [{model.toml_table}] table (keys "
+                            f"= variable names in lower case, the {model.toml_table.upper()}_ prefix optional)")
+    cli = CliSettingsSource(model, root_parser=parser)
+    args = parser.parse_args(argv)
+    return cli(parsed_args=args)(), getattr(args, "config", None)
+
+
+def read_toml(model: type[Settings], path: Path) -> dict:
+    """The model's table of a TOML file; a key may leave out the table's prefix (`mode` = `filter_mode`)."""
+    table = model.toml_table
+    try:
+        values = tomllib.loads(path.read_text()).get(table, {})
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"config file {path}: [{table}] must be a table")
+    fields = {}
+    for key, value in values.items():
+        name = key if key in model.model_fields else f"{table}_{key}"
+        if name not in model.model_fields:
+            raise SettingsError(f"config file {path}: unknown key {key!r} in [{table}]")
+        fields[name] = value
+    return fields
+
+
+def describe_error(model: type[BaseSettings], error: ValidationError, values: dict, origins: dict) -> str:
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else ""
     message = first["msg"].removeprefix("Value error, ")
     if field in model.model_fields:
-        return f"{field.upper()}={values.get(field, '')!r} is invalid: {message}"
+        origin = f" ({origins[field]})" if origins.get(field) else ""
+        return f"{field.upper()}={values.get(field, '')!r} is invalid: {message}{origin}"
     return message
 
 
-def parse(model: type[Model], values: dict) -> Model:
-    """Validate `values` (strings from env/CLI/TOML); raise SettingsError with one line."""
+def parse(model: type[Model], values: dict, origins: dict | None = None) -> Model:
+    """Validate `values` (strings from env/CLI/TOML); raise SettingsError with one line.
+    `origins` says where each value came from ("from .env"), for that line."""
     try:
         return model.model_validate(values)
     except ValidationError as error:
-        raise SettingsError(describe_error(model, error, values)) from None
-
-
-def load(model: type[Model], overrides: dict | None = None) -> Model:
-    """Read `model` from .env + environment (+ overrides); exit 2 with one line on error."""
-    load_dotenv_once()
-    values = {**env_values(model), **(overrides or {})}
-    try:
-        return parse(model, values)
-    except SettingsError as error:
-        exit_usage(str(error))
+        raise SettingsError(describe_error(model, error, values, origins or {})) from None
 
 
 def exit_usage(message: str) -> None:
@@ -123,9 +192,15 @@ def check_http_url(url: str) -> str:
     return url
 
 
+def environment() -> dict[str, str]:
+    """The environment over the .env file, for the endpoint variables that no model holds."""
+    from_file = {name: value or "" for name, value in dotenv_values(Path.cwd() / DOTENV).items()}  # NAME alone: None
+    return {**without_blanks(from_file), **without_blanks(os.environ)}
+
+
 def inference_base_url(environ: dict[str, str] | None = None) -> str:
     """OPENAI_BASE_URL, else SYNTH_BASE_URL + /v1, else the local service."""
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     if environ.get("OPENAI_BASE_URL", "").strip():
         return check_named_url("OPENAI_BASE_URL", environ["OPENAI_BASE_URL"])
     if environ.get("SYNTH_BASE_URL", "").strip():
@@ -135,7 +210,7 @@ def inference_base_url(environ: dict[str, str] | None = None) -> str:
 
 def learning_base_url(environ: dict[str, str] | None = None) -> str:
     """LEARNING_V2_BASE_URL, else SYNTH_BASE_URL, else the local service."""
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     for name in ("LEARNING_V2_BASE_URL", "SYNTH_BASE_URL"):
         if environ.get(name, "").strip():
             return check_named_url(name, environ[name])
@@ -150,23 +225,24 @@ def check_named_url(name: str, value: str) -> str:
 
 
 def inference_api_key(environ: dict[str, str] | None = None) -> str:
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     return (environ.get("OPENAI_API_KEY", "").strip() or environ.get("SYNTH_API_KEY", "").strip()
             or LOOPBACK_PLACEHOLDER_KEY)
 
 
 def learning_api_key(environ: dict[str, str] | None = None) -> str:
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     return (environ.get("SYNTH_API_KEY", "").strip() or environ.get("OPENAI_API_KEY", "").strip()
             or LOOPBACK_PLACEHOLDER_KEY)
 
 
-def split_words(value: str | list[str] | None) -> list[str]:
-    """'a b,c' -> ['a', 'b', 'c'] (space- or comma-separated lists in env vars)."""
+def split_words(value: str | list | None) -> list:
+    """'a b,c' -> ['a', 'b', 'c'] (space- or comma-separated lists in env vars and flags);
+    a TOML list passes through, its strings split the same way."""
     if value is None:
         return []
     if isinstance(value, list):
-        return value
+        return [word for item in value for word in (split_words(item) if isinstance(item, str) else [item])]
     return [word for word in value.replace(",", " ").split() if word]
 
 
@@ -342,6 +418,17 @@ class FilterSettings(Settings):
     """filter_traces: traces -> SFT JSONL. Lists are space- or comma-separated; caps take "none" (off).
     The original's names are kept (MIN_TOTAL_REWARD, MODELS, …); the newer knobs are FILTER_*."""
 
+    model_config = SettingsConfigDict(
+        cli_prog_name="python -m synth_qwen.filter_traces",
+        cli_shortcuts={"crafter-db-url": ["d", "db"], "output-jsonl": ["o", "output"], "filter-run-ids": "run-ids",
+                       "filter-difficulties": "difficulties", "filter-statuses": "statuses",
+                       "filter-include-eval": "include-eval", "filter-mode": "mode",
+                       "filter-max-example-tokens": "max-example-tokens", "filter-dedup": "dedup",
+                       "filter-reasoning": "reasoning", "filter-validation-fraction": "validation-fraction",
+                       "filter-validation-jsonl": "validation-output", "filter-dry-run": "dry-run",
+                       "filter-json": "json", "filter-relabel": "relabel"})
+    toml_table = "filter"
+
     crafter_db_url: DbUrl = DEFAULT_DB_URL
     output_jsonl: Path = DEFAULT_SFT_JSONL
     min_total_reward: float = 1.0  # sum of Crafter's per-step rewards in the episode
@@ -360,8 +447,8 @@ class FilterSettings(Settings):
     filter_reasoning: Literal["keep", "subgoal", "drop"] = "keep"  # the trained reply's reasoning text
     filter_validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # of seeds, not of examples
     filter_validation_jsonl: Path | None = None  # default: OUTPUT_JSONL with a _val suffix
-    filter_dry_run: bool = False
-    filter_json: bool = False  # the funnel as JSON on stdout
+    filter_dry_run: bool = Field(False, description="report the funnel, write nothing")
+    filter_json: bool = Field(False, description="the funnel as JSON on stdout (the text goes to stderr)")
     filter_relabel: str | None = None  # a teacher re-answers every turn of the kept episodes (DAgger)
 
     @field_validator("max_cost", "max_tokens", "filter_max_example_tokens", mode="before")
@@ -413,3 +500,31 @@ class FilterSettings(Settings):
     def validation_jsonl(self) -> Path:
         path = self.output_jsonl
         return self.filter_validation_jsonl or path.with_name(f"{path.stem}_val{path.suffix}")
+
+
+class ReplaySettings(Settings):
+    """replay: re-play one traced episode, check that it reproduces, and write a GIF (or MP4)."""
+
+    model_config = SettingsConfigDict(
+        cli_prog_name="python -m synth_qwen.replay",
+        cli_shortcuts={"crafter-db-url": "db", "replay-out": "out", "replay-size": "size", "replay-fps": "fps"})
+
+    session_id: CliPositionalArg[str]  # given on the command line only
+    crafter_db_url: DbUrl = Field(DEFAULT_DB_URL, description="trace DB URL")
+    replay_out: Path | None = Field(None, description="output file, .gif or .mp4; unset: replays/SESSION_ID.gif")
+    replay_size: int = Field(320, ge=32, le=4096, description="frame width in pixels")
+    replay_fps: int = Field(8, ge=1, le=100, description="frames per second")
+
+
+class WorldStatsSettings(Settings):
+    """world_stats: what the difficulty presets do — a demo of random play, or (--stats) per-preset means."""
+
+    model_config = SettingsConfigDict(
+        cli_prog_name="python -m synth_qwen.world_stats",
+        cli_shortcuts={"world-stats-table": "stats", "world-stats-worlds": "worlds",
+                       "world-stats-episodes": "episodes", "world-stats-seed": "seed"})
+
+    world_stats_table: bool = Field(False, description="print per-preset world statistics instead of the demo")
+    world_stats_worlds: int = Field(20, ge=1, le=10_000, description="worlds per preset for --stats")
+    world_stats_episodes: int = Field(3, ge=1, le=1_000, description="random episodes per preset for the demo")
+    world_stats_seed: int = Field(1, ge=0, lt=2**31 - 1, description="the demo's first seed")

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-import argparse
+import sys
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from crafter import objects
 from synth_qwen.crafter_env import ACTIONS, DIFFICULTIES, CrafterEnv
 from synth_qwen.grid import in_view
 from synth_qwen.observation import observe
+from synth_qwen.settings import WorldStatsSettings, load
 
 STAT_COLUMNS = ("tree", "coal", "iron", "diamond", "water", "lava", "cow", "zombie", "skeleton",
                 "zombies_seen_300")
@@ -78,21 +79,13 @@ def demo(episodes: int, seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m synth_qwen.world_stats", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stats", action="store_true", help="print per-preset world statistics")
-    parser.add_argument("--worlds", type=int, default=20, help="worlds per preset for --stats")
-    parser.add_argument("--episodes", type=int, default=3, help="random episodes per preset for the demo")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    if args.worlds < 1 or args.episodes < 1:
-        parser.error("--worlds and --episodes must be >= 1")
-    if args.stats:
-        print(f"Per-preset means over {args.worlds} worlds (counts at start; zombies seen in view "
+    s = load(WorldStatsSettings, argv=sys.argv[1:] if argv is None else argv)
+    if s.world_stats_table:
+        print(f"Per-preset means over {s.world_stats_worlds} worlds (counts at start; zombies seen in view "
               f"during a 300-step random walk):")
-        print(format_stats(preset_stats(args.worlds)))
+        print(format_stats(preset_stats(s.world_stats_worlds)))
     else:
-        demo(args.episodes, args.seed)
+        demo(s.world_stats_episodes, s.world_stats_seed)
     return 0
 
 
