@@ -146,9 +146,9 @@ def sqlite_path(db_url: str) -> Path | None:
 
 def _sqlite_pragmas(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: other processes (a reader, a second run) wait,
+    cursor.execute("PRAGMA journal_mode=WAL")    # also while one of them switches a new file to WAL
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")  # other processes (a reader, a second run) wait
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -175,6 +175,15 @@ def open_db(db_url: str, create: bool = True) -> sa.Engine:
 
 
 def ensure_schema(engine: sa.Engine) -> None:
+    for attempt in range(1, 6):  # a second process creating the same new DB makes a step fail: redo
+        try:
+            return create_schema(engine)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as error:
+            if attempt == 5 or "locked" in str(error):  # a lock outlived busy_timeout: not a racing creator
+                raise
+
+
+def create_schema(engine: sa.Engine) -> None:
     metadata.create_all(engine)
     with engine.begin() as conn:
         found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
