@@ -120,12 +120,10 @@ def build_model(tokenizer, size: str):
 
 def corpus_texts() -> list[str]:
     """System prompt, tools schema, observations from random play, tool-call JSON, template literals."""
+    from synth_qwen import crafter_env
+
     texts = template_literals()
     rng = random.Random(INIT_SEED)
-    try:
-        from synth_qwen import crafter_env
-    except ImportError:  # crafter_env not built yet: fall back to Crafter's own names
-        return texts + fallback_corpus(rng)
     texts.append(crafter_env.system_prompt(MAX_ACTIONS_IN_CORPUS))
     texts.append(json.dumps(crafter_env.interact_tool(MAX_ACTIONS_IN_CORPUS)))
     for seed in CORPUS_SEEDS:
@@ -137,15 +135,6 @@ def corpus_texts() -> list[str]:
             texts.append(env.observe().text)
     texts += [tool_call_text(rng, list(crafter_env.ACTIONS)) for _ in range(300)]
     return texts
-
-
-def fallback_corpus(rng: random.Random) -> list[str]:
-    import crafter
-
-    actions = list(crafter.constants.actions)
-    words = actions + list(crafter.constants.achievements) + list(crafter.constants.materials)
-    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
-    return lines + [tool_call_text(rng, actions) for _ in range(300)]
 
 
 def tool_call_text(rng: random.Random, actions: list[str]) -> str:
