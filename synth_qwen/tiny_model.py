@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from synth_qwen.settings import DEFAULT_ACTIONS_PER_TURN
+
 TINY_MODEL_ID = "local/tiny-qwen3"
 
 # Size presets (SERVE_TINY_SIZE). "small" is the reference: ~4.2M params, ~3.2k train tokens/s on 2 cores.
@@ -31,7 +33,6 @@ MAX_POSITIONS = 8192
 INIT_SEED = 0
 CORPUS_SEEDS = (1, 2, 3)  # Crafter worlds walked at random for observation text
 CORPUS_STEPS_PER_SEED = 120
-MAX_ACTIONS_IN_CORPUS = 5
 
 # Chat scaffolding tokens, as in Qwen3's tokenizer. Special ones are stripped when decoding;
 # the tool-call markers are plain added tokens so decoded text keeps them (as in Qwen's own).
@@ -120,15 +121,13 @@ def build_model(tokenizer, size: str):
 
 def corpus_texts() -> list[str]:
     """System prompt, tools schema, observations from random play, tool-call JSON, template literals."""
+    from synth_qwen import action_schema, crafter_env  # Crafter loads only when a model is built
+    from synth_qwen.observation import observe
+
     texts = template_literals()
     rng = random.Random(INIT_SEED)
-    try:
-        from synth_qwen import action_schema, crafter_env
-        from synth_qwen.observation import observe
-    except ImportError:  # crafter_env not built yet: fall back to Crafter's own names
-        return texts + fallback_corpus(rng)
-    texts.append(action_schema.system_prompt(MAX_ACTIONS_IN_CORPUS))
-    texts.append(json.dumps(action_schema.interact_tool(MAX_ACTIONS_IN_CORPUS)))
+    texts.append(action_schema.system_prompt(DEFAULT_ACTIONS_PER_TURN))
+    texts.append(json.dumps(action_schema.interact_tool(DEFAULT_ACTIONS_PER_TURN)))
     for seed in CORPUS_SEEDS:
         env = crafter_env.CrafterEnv(seed=seed, difficulty="normal")
         env.start()
@@ -137,23 +136,14 @@ def corpus_texts() -> list[str]:
             if env.act(rng.choice(crafter_env.ACTIONS)).done:
                 break
             texts.append(observe(env).text)
-    texts += [tool_call_text(rng, list(crafter_env.ACTIONS)) for _ in range(300)]
+    texts += [tool_call_text(rng, list(crafter_env.ACTIONS), action_schema.INTERACT_TOOL_NAME) for _ in range(300)]
     return texts
 
 
-def fallback_corpus(rng: random.Random) -> list[str]:
-    import crafter
-
-    actions = list(crafter.constants.actions)
-    words = actions + list(crafter.constants.achievements) + list(crafter.constants.materials)
-    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(300)]
-    return lines + [tool_call_text(rng, actions) for _ in range(300)]
-
-
-def tool_call_text(rng: random.Random, actions: list[str]) -> str:
-    chosen = [rng.choice(actions) for _ in range(rng.randint(1, MAX_ACTIONS_IN_CORPUS))]
+def tool_call_text(rng: random.Random, actions: list[str], tool_name: str) -> str:
+    chosen = [rng.choice(actions) for _ in range(rng.randint(1, DEFAULT_ACTIONS_PER_TURN))]
     arguments = {"actions": chosen, "reasoning": f"{chosen[0].replace('_', ' ')} then continue"}
-    return "<tool_call>\n" + json.dumps({"name": "interact", "arguments": arguments}) + "\n</tool_call><|im_end|>"
+    return "<tool_call>\n" + json.dumps({"name": tool_name, "arguments": arguments}) + "\n</tool_call><|im_end|>"
 
 
 def template_literals() -> list[str]:

@@ -261,9 +261,9 @@ def sqlite_path(db_url: str) -> Path | None:
 
 def _sqlite_pragmas(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: other processes (a reader, a second run) wait,
+    cursor.execute("PRAGMA journal_mode=WAL")    # also while one of them switches a new file to WAL
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")  # other processes (a reader, a second run) wait
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -280,18 +280,27 @@ def open_db(db_url: str, create: bool = True) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = sa.create_engine(sqlalchemy_url(db_url), pool_pre_ping=True)
-    if create:
-        metadata.create_all(engine)
-    else:
+    if not create:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table("session_traces"):
                 raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
-    ensure_schema_version(engine)
+    ensure_schema(engine, create)
     return engine
 
 
-def ensure_schema_version(engine: sa.Engine) -> None:
-    """Stamp a new DB with SCHEMA_VERSION; bring an older one up to it."""
+def ensure_schema(engine: sa.Engine, create: bool = True) -> None:
+    for attempt in range(1, 6):  # a second process creating (or upgrading) the same DB makes a step fail: redo
+        try:
+            return create_schema(engine, create)
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as error:
+            if attempt == 5 or "locked" in str(error):  # a lock outlived busy_timeout: not a racing creator
+                raise
+
+
+def create_schema(engine: sa.Engine, create: bool) -> None:
+    """The tables (when `create`), then the version: stamp a new DB, bring an older one up to date."""
+    if create:
+        metadata.create_all(engine)
     with engine.begin() as conn:
         found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
         if found is None:

@@ -12,6 +12,10 @@ from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from rollout_helpers import db_sessions, rollout_env, run_module
 
 SEEDS = [100000, 100001, 100002]
+# The three verdicts eval can give (eval.verdict), each identified by words only it uses.
+BETTER = "both differences are distinguishable from noise: {model} is better than {baseline}."
+WORSE = "both differences are distinguishable from noise: {model} is worse than {baseline}."
+NOISE = "; the difference is not distinguishable from noise at this sample size"
 
 
 def run_eval(tmp_path, **values):
@@ -64,12 +68,14 @@ def test_report_files_numbers_and_verdict(evaluated):
     for key in ("progression_pct_diff", "crafter_score_diff"):
         low, high = comparison[key]["ci95"]
         assert low <= comparison[key]["value"] <= high
-    assert "distinguishable from noise" in comparison["sentence"]
+    assert diff["ci95"][0] > 0 and comparison["crafter_score_diff"]["ci95"][0] > 0  # the expert is clearly better
+    assert comparison["sentence"].endswith(BETTER.format(model="builtin:expert", baseline="builtin:random"))
     markdown = (report_dir / "report.md").read_text()
     assert comparison["sentence"] in markdown and "100000–100002" in markdown
     assert "![success rate per achievement](achievements.png)" in markdown
     assert (report_dir / "achievements.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "Crafter score (95 % CI)" in done.stdout and "distinguishable from noise" in done.stdout
+    assert "Crafter score (95 % CI)" in done.stdout
+    assert "builtin:expert is better than" in " ".join(done.stdout.split())  # rich wraps the line
 
 
 def test_report_links_reproduced_replays_of_best_and_worst_episodes(evaluated):
@@ -105,6 +111,18 @@ def test_eval_run_ids_reports_without_playing_and_without_matplotlib(evaluated, 
     assert "pip install 'synth_qwen[plot]'" in (tmp_path / "again" / "report.md").read_text()
 
 
+def test_a_model_worse_than_its_baseline_is_called_worse(evaluated, tmp_path):
+    """The stored runs in the other order: the expert is the baseline, random play is compared to it."""
+    first_dir, _ = evaluated
+    env = rollout_env(first_dir, eval_run_ids="ev1-m1 ev1-m0", eval_report_dir=tmp_path / "r", eval_replays=0)
+    done = run_module("synth_qwen.eval", env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    [comparison] = json.loads((tmp_path / "r" / "report.json").read_text())["comparisons"]
+    assert (comparison["model"], comparison["baseline"]) == ("builtin:random", "builtin:expert")
+    assert comparison["progression_pct_diff"]["ci95"][1] < 0
+    assert comparison["sentence"].endswith(WORSE.format(model="builtin:random", baseline="builtin:expert"))
+
+
 def test_rerunning_an_eval_run_id_plays_only_the_missing_seeds(evaluated, tmp_path):
     first_dir, _ = evaluated
     done = run_eval(first_dir, eval_models="builtin:random builtin:expert", eval_run_id="ev1",
@@ -123,7 +141,7 @@ def test_a_model_against_itself_differs_by_exactly_zero(tmp_path):
     [comparison] = json.loads((tmp_path / "r" / "report.json").read_text())["comparisons"]
     for key in ("progression_pct_diff", "crafter_score_diff"):
         assert comparison[key] == {"value": 0.0, "ci95": [0.0, 0.0]}
-    assert "not distinguishable from noise" in comparison["sentence"]
+    assert NOISE in comparison["sentence"] and "better" not in comparison["sentence"]
 
 
 def test_endpoint_models_report_tokens_and_cost(tmp_path):
@@ -137,7 +155,10 @@ def test_endpoint_models_report_tokens_and_cost(tmp_path):
     for model in report["models"]:
         assert model["tokens_per_turn"] > 0 and model["cost_usd"] == pytest.approx(0.001 * 2 * model["mean_turns"])
     assert {body["model"] for body in endpoint.requests} == {"model-a", "model-b"}
-    assert "paired seeds" in report["comparisons"][0]["sentence"]
+    # the scripted endpoint answers by the observation, not the model: both play the same episodes
+    [comparison] = report["comparisons"]
+    assert comparison["progression_pct_diff"] == comparison["crafter_score_diff"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert comparison["sentence"].startswith("model-b vs model-a over 2 paired seeds") and NOISE in comparison["sentence"]
 
 
 def test_a_model_that_only_answers_invalid_turns_stays_the_baseline(tmp_path):

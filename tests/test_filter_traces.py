@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -73,13 +72,7 @@ def cli(tmp_path: Path, *args, **env) -> subprocess.CompletedProcess:
 def mixed_db(tmp_path_factory) -> Path:
     """Expert and random play on two difficulties and two run ids, plus one eval run."""
     db = tmp_path_factory.mktemp("mixed") / "traces.db"
-    teacher = "builtin:expert"
-    probe = run_module("synth_qwen.run_crafter", rollout_env(db.parent, crafter_db_url=f"sqlite:///{db}",
-                       crafter_model=teacher, crafter_episodes=3, crafter_max_steps=12, crafter_run_id="teach"),
-                       db.parent)
-    if probe.returncode != 0:  # the expert is someone else's work in progress: long random play still varies
-        teacher = "builtin:random"
-        rollout(db, crafter_model=teacher, crafter_max_steps=40, crafter_run_id="teach")
+    rollout(db, crafter_model="builtin:expert", crafter_max_steps=12, crafter_run_id="teach")  # fails loudly
     rollout(db, crafter_model="builtin:random", crafter_run_id="rand", crafter_seed=10, crafter_difficulty="hard")
     settings = RolloutSettings(crafter_db_url=f"sqlite:///{db}", crafter_model="builtin:random",
                                crafter_episodes=2, crafter_max_steps=4, crafter_seed=50)
@@ -365,26 +358,38 @@ def load_bench():
     return module
 
 
-def test_a_killed_write_leaves_the_old_file_whole(tmp_path):
+KILLED_AT_BYTE = """
+import resource, runpy, signal, sys
+limit = int(sys.argv.pop(1))
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it; by default the kernel kills the process
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # a file written past `limit` bytes: SIGXFSZ
+runpy.run_module("synth_qwen.filter_traces", run_name="__main__", alter_sys=True)
+"""
+LIMIT = 64 * 1024
+
+
+def test_a_kill_mid_write_leaves_the_old_file_whole_and_no_partial_output(tmp_path):
+    """The kernel kills the filter the moment its output reaches LIMIT bytes (RLIMIT_FSIZE): a kill
+    in the middle of writing, at a known byte, whatever the machine's speed."""
     db = tmp_path / "big.db"
-    load_bench().build_db(db, 1, 300, 50)  # synthetic rows through the real tracing writer: 15k examples
+    load_bench().build_db(db, 1, 10, 20)  # synthetic rows through the real tracing writer: 200 examples
     out = tmp_path / "sft.jsonl"
     out.write_text("old\n")
     environ = {k: v for k, v in os.environ.items() if k not in FILTER_ENV}
-    process = subprocess.Popen([sys.executable, "-m", "synth_qwen.filter_traces", "-d", str(db), "-o", str(out),
-                                *OPEN], cwd=tmp_path, env=environ, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    partial = []
-    while time.monotonic() < deadline and process.poll() is None:
-        partial = [p for p in tmp_path.glob(".sft.jsonl.*.partial") if p.stat().st_size > 100_000]
-        if partial:
-            break
-        time.sleep(0.01)
-    assert partial, "the filter finished before it could be killed mid-write"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    environ.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")  # only the output file may grow
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_BYTE, str(LIMIT), "-d", str(db), "-o", str(out), *OPEN],
+                            cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr  # killed, not finished nor failed
     assert out.read_text() == "old\n"  # never half a file at the target
+    [partial] = [p for p in tmp_path.iterdir() if p != out and not p.name.startswith("big.db")]
+    assert partial.stat().st_size == LIMIT  # it died writing this file, LIMIT bytes in
+    assert partial.name.startswith(".") and not partial.name.endswith(".jsonl")  # hidden, never taken for output
+
+    done = cli(tmp_path, "-d", str(db), "-o", str(out), *OPEN, "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["examples_written"] == len(read_jsonl(out)) == 200
+    assert out.stat().st_size > LIMIT  # the whole new file, every line valid JSON
 
 
 def test_a_failed_rename_leaves_nothing_behind(mixed_db, tmp_path):

@@ -4,10 +4,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
-from synth_qwen import tracing
+from synth_qwen import crafter_env, tracing
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from rollout_helpers import count_rows, db_sessions, rollout_env, run_module, wait_until_finished
 
@@ -108,14 +109,84 @@ def test_nothing_listening_exits_1_with_the_reason(tmp_path):
     assert done.returncode == 1 and "APIConnectionError" in done.stderr
 
 
-def test_32_concurrent_episodes_without_lock_errors(tmp_path):
+# ---------------------------------------------------------------------------------------
+# One SQLite file, several processes (DESIGN §4.1, §7: WAL, one writer per process, no "locked")
+
+def test_two_processes_of_16_concurrent_episodes_share_one_new_sqlite_file(tmp_path):
+    db = tmp_path / "traces.db"
+    runs = ("left", "right")
     with ScriptedEndpoint(latency_s=0.05) as endpoint:
-        done = run(tmp_path, endpoint, crafter_episodes=32, crafter_max_steps=4, crafter_concurrency=32)
-    assert done.returncode == 0, done.stderr
-    assert "locked" not in done.stderr
-    sessions = db_sessions(tmp_path / "traces.db")
-    assert len(sessions) == 32 and len({s.seed for s in sessions}) == 32
-    assert all(s.status in ("max_steps", "died") for s in sessions)
+        processes = [subprocess.Popen(
+            [sys.executable, "-m", "synth_qwen.run_crafter"], cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            env=rollout_env(tmp_path, crafter_model="test-model", crafter_episodes=16, crafter_max_steps=8,
+                            crafter_concurrency=16, crafter_run_id=run_id, openai_base_url=endpoint.base_url,
+                            openai_api_key="sk-test")) for run_id in runs]  # both start on a file not yet there
+        errors = [process.communicate(timeout=120)[1] for process in processes]
+    for process, stderr in zip(processes, errors):
+        assert process.returncode == 0, stderr
+        assert "locked" not in stderr
+    sessions = db_sessions(db)
+    for run_id in runs:
+        mine = [s for s in sessions if s.run_id == run_id]
+        assert sorted(s.seed for s in mine) == list(range(1, 17))
+        for s in mine:  # every episode stored whole
+            assert s.status in ("max_steps", "died") and s.turns > 0
+            assert count_rows(db, tracing.events, s.session_id) == s.turns
+    left, right = ([s for s in sessions if s.run_id == run_id] for run_id in runs)
+    span = lambda run: (min(s.started_at for s in run), max(s.ended_at for s in run))
+    assert span(left)[0] < span(right)[1] and span(right)[0] < span(left)[1]  # they really wrote at once
+
+
+OPEN_AT_ONCE = """
+import sys
+from synth_qwen import tracing
+print("ready", flush=True)
+sys.stdin.readline()  # the start gate: every process is imported and waiting, then all go at once
+tracing.open_db(sys.argv[1]).dispose()
+"""
+
+
+def test_processes_creating_a_new_db_at_the_same_moment_all_succeed(tmp_path):
+    """The schema of a new file is created by whichever process comes first; the others wait
+    (busy_timeout before WAL is switched on) and find it there (no 'table already exists')."""
+    url = f"sqlite:///{tmp_path / 'traces.db'}"
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                  env=rollout_env(tmp_path)) for _ in range(4)]
+    for process in processes:
+        assert process.stdout.readline() == "ready\n"
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    for process in processes:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+    with sqlite3.connect(tmp_path / "traces.db") as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(tracing.SCHEMA_VERSION,)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_opening_waits_for_a_lock_held_by_another_process(tmp_path):
+    """busy_timeout (30 s) comes before journal_mode=WAL: switching a locked file to WAL waits for the
+    lock instead of failing with 'database is locked' once Python's default 5 s timeout has passed."""
+    path = tmp_path / "traces.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE unrelated (x)")  # an existing file, still in SQLite's rollback mode
+    opener = subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, f"sqlite:///{path}"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env=rollout_env(tmp_path))
+    assert opener.stdout.readline() == "ready\n"
+    holder.execute("BEGIN EXCLUSIVE")
+    opener.stdin.write("go\n")
+    opener.stdin.flush()
+    time.sleep(6.0)  # longer than sqlite3's default timeout; the opener meets the lock meanwhile
+    holder.execute("COMMIT")
+    holder.close()
+    _, stderr = opener.communicate(timeout=60)
+    assert opener.returncode == 0, stderr
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_killed_run_loses_no_finished_episode_and_resumes_without_duplicates(tmp_path):
@@ -195,6 +266,18 @@ def test_text_mode_parses_action_names(tmp_path):
     [session] = db_sessions(tmp_path / "traces.db")
     assert session.invalid_turns == 0 and session.env_steps > 0 and session.tools is None
     assert "tools" not in endpoint.requests[0]
+
+
+@pytest.mark.parametrize("tool_mode, prompt", [("tools", "full"), ("text", "compact")])
+def test_requests_carry_crafter_envs_system_prompt_and_interact_tool(tmp_path, tool_mode, prompt):
+    with ScriptedEndpoint() as endpoint:
+        done = run(tmp_path, endpoint, crafter_episodes=1, crafter_max_steps=2, crafter_actions_per_turn=3,
+                   crafter_tool_mode=tool_mode, crafter_prompt=prompt)
+    assert done.returncode == 0, done.stderr
+    assert len(endpoint.requests) == 2
+    for body in endpoint.requests:
+        assert body["messages"][0] == {"role": "system", "content": crafter_env.system_prompt(3, tool_mode, prompt)}
+        assert body.get("tools") == ([crafter_env.interact_tool(3)] if tool_mode == "tools" else None)
 
 
 def test_builtin_random_is_traced_like_an_llm(tmp_path):

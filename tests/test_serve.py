@@ -16,7 +16,6 @@ from openai import OpenAI
 
 from synth_qwen.tiny_model import TINY_MODEL_ID
 from serve_helpers import Server, crafter_examples, http, wait_for_job, write_jsonl
-from synth_qwen import action_schema, crafter_env
 from synth_qwen.sft_format import MIN_EXAMPLES
 
 pytestmark = pytest.mark.timeout(300)
@@ -293,10 +292,3 @@ def wait_for(condition, timeout_s: float = 120):
 def wait_for_event(client, job_id: str, predicate, timeout_s: float = 120):
     wait_for(lambda: any(predicate(event) for event in client.fine_tuning.jobs.list_events(job_id, limit=100).data),
              timeout_s)
-
-
-def test_system_prompt_and_tool_come_from_crafter_env():
-    example = crafter_examples(1, seed=0)[0]
-    assert example["tools"] == [action_schema.interact_tool(3)]
-    assert json.loads(example["messages"][-1]["tool_calls"][0]["function"]["arguments"])["actions"][0] in \
-        crafter_env.ACTIONS
