@@ -5,14 +5,18 @@ import json
 
 import pytest
 
-from synth_qwen.crafter_env import ACTIONS, CrafterEnv, interact_tool, system_prompt
+from synth_qwen.action_schema import interact_tool, system_prompt
+from synth_qwen.crafter_env import ACTIONS, CrafterEnv
+from synth_qwen.observation import observe
 from synth_qwen.policy import BUILTIN_DECIDERS, BuiltinAgent, EndpointPolicy, Reply, actions_from_reply
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from synth_qwen.settings import RolloutSettings
 
 
 def first_observation(seed: int = 3):
-    return CrafterEnv(seed=seed, difficulty="easy").reset()
+    env = CrafterEnv(seed=seed, difficulty="easy")
+    env.start()
+    return observe(env)
 
 
 # ---------------------------------------------------------------------------------------

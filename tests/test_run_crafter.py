@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from synth_qwen import crafter_env, tracing
+from synth_qwen import action_schema, tracing
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from rollout_helpers import count_rows, db_sessions, rollout_env, run_module, wait_until_finished
 
@@ -269,15 +269,15 @@ def test_text_mode_parses_action_names(tmp_path):
 
 
 @pytest.mark.parametrize("tool_mode, prompt", [("tools", "full"), ("text", "compact")])
-def test_requests_carry_crafter_envs_system_prompt_and_interact_tool(tmp_path, tool_mode, prompt):
+def test_requests_carry_the_system_prompt_and_interact_tool(tmp_path, tool_mode, prompt):
     with ScriptedEndpoint() as endpoint:
         done = run(tmp_path, endpoint, crafter_episodes=1, crafter_max_steps=2, crafter_actions_per_turn=3,
                    crafter_tool_mode=tool_mode, crafter_prompt=prompt)
     assert done.returncode == 0, done.stderr
     assert len(endpoint.requests) == 2
     for body in endpoint.requests:
-        assert body["messages"][0] == {"role": "system", "content": crafter_env.system_prompt(3, tool_mode, prompt)}
-        assert body.get("tools") == ([crafter_env.interact_tool(3)] if tool_mode == "tools" else None)
+        assert body["messages"][0] == {"role": "system", "content": action_schema.system_prompt(3, tool_mode, prompt)}
+        assert body.get("tools") == ([action_schema.interact_tool(3)] if tool_mode == "tools" else None)
 
 
 def test_builtin_random_is_traced_like_an_llm(tmp_path):

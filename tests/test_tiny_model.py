@@ -6,6 +6,7 @@ import pytest
 from crafter import constants
 
 from synth_qwen import crafter_env, tiny_model
+from synth_qwen.observation import observe
 
 SIZE = "micro"  # the smallest preset
 
@@ -28,7 +29,9 @@ def tokenizer(built):
 
 
 def test_text_round_trips_through_the_tokenizer(tokenizer):
-    observation = crafter_env.CrafterEnv(seed=11, difficulty="hard").reset().text  # a world it never saw
+    env = crafter_env.CrafterEnv(seed=11, difficulty="hard")  # a world it never saw
+    env.start()
+    observation = observe(env).text
     call = json.dumps({"name": "interact", "arguments": {"actions": ["move_down", "do"], "reasoning": "dig down"}})
     text = f"{observation}\n<tool_call>\n{call}\n</tool_call>\nnot Crafter: café ✓ 木\tdouble  space"
     ids = tokenizer.encode(text, add_special_tokens=False)
