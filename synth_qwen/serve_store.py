@@ -1,7 +1,7 @@
 """Persistent state of `serve`: files, jobs, events, checkpoints and models as JSON in SERVE_DATA_DIR.
 
-Layout (one writer: the API process; every write is temp file + rename, so a crash never
-leaves half a JSON file):
+Layout (one writer: the API process; every whole-file write goes through atomic_file, so a crash
+never leaves half a JSON file):
     files/<file-id>.json  files/<file-id>.data
     jobs/<ftjob-id>/job.json  events.jsonl  checkpoints.json  (+ the worker's output/)
     models.json           fine-tuned models and checkpoints: id -> {path, base, ...}
@@ -15,6 +15,8 @@ import re
 import secrets
 import time
 from pathlib import Path
+
+from synth_qwen.atomic_file import write_text_atomic
 
 ID_PATTERNS = {
     "file": re.compile(r"^file-[A-Za-z0-9]{1,64}$"),
@@ -43,9 +45,7 @@ def now() -> int:
 
 
 def write_json(path: Path, obj) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(obj, indent=1))
-    os.replace(temp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def read_json(path: Path, default=None):

@@ -19,6 +19,7 @@ from pathlib import Path
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
+from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.settings import (KickoffSettings, SettingsError, exit_usage, install_sigterm_as_interrupt,
                                  learning_api_key, learning_base_url, load)
 from synth_qwen.sft_format import validate_jsonl
@@ -43,10 +44,7 @@ def read_state(path: Path) -> dict:
 
 
 def write_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(state, indent=2))
-    temporary.replace(path)
+    write_text_atomic(path, json.dumps(state, indent=2))
 
 
 def file_digest(path: Path) -> str:
