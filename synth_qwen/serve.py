@@ -19,7 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from synth_qwen import sft_format, train_worker
-from synth_qwen.serve_store import ACTIVE_STATUSES, BadId, Store, new_id, now, page
+from synth_qwen.job_status import ACTIVE_STATUSES
+from synth_qwen.serve_store import BadId, Store, new_id, now, page
 from synth_qwen.settings import ServeSettings, load
 from synth_qwen.tiny_model import TINY_MODEL_ID
 

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 from synth_qwen.atomic_file import write_text_atomic
+from synth_qwen.job_status import ACTIVE_STATUSES
 
 ID_PATTERNS = {
     "file": re.compile(r"^file-[A-Za-z0-9]{1,64}$"),
     "ftjob": re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$"),
 }
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 class BadId(ValueError):
