@@ -168,6 +168,7 @@ def test_pages_follow_the_after_cursor():
                                     "first_id": "c", "last_id": "b"}
     assert page(items, "b", 2)["data"] == [{"id": "a"}] and not page(items, "b", 2)["has_more"]
     assert page(items, "unknown", 2)["data"] == []
+    assert page(items, None, 3)["has_more"] is False  # exactly one full page
 
 
 def test_saving_leaves_no_temp_file_behind(tmp_path):
