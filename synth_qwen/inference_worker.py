@@ -6,7 +6,7 @@ Concurrent requests for the same model decode together (continuous batching, see
 many concurrent episodes cost little more than one; each answer is written as soon as its row
 stops. Qwen's `<tool_call>` output is parsed into OpenAI
 tool calls here; output that does not parse stays plain content (never an error).
-torch is imported only in the worker's main(); serve imports the records and the parser.
+torch is imported only when the worker runs; serve imports just the request and answer records.
 """
 from __future__ import annotations
 
