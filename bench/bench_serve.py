@@ -83,14 +83,17 @@ def plain_training(model_dir: Path, examples: list[dict]) -> float:
 
 def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float, float, int]:
     """(decode ms/token, prefill ms, prompt tokens): greedy, fixed length, median of GEN_RUNS."""
-    from synth_qwen.inference_worker import Batch, Models, prompt_ids
+    from synth_qwen.inference_worker import Batch, ChatRequest, Models, prompt_ids
+    from synth_qwen.serve_store import ModelSpec
 
-    model, tokenizer, _, _ = Models(1, "cpu").get({"key": "tiny", "kind": "tiny", "size": SIZE,
-                                                   "data_dir": str(data_dir)})
+    spec = ModelSpec(key="tiny", kind="tiny", size=SIZE, data_dir=str(data_dir))
+    loaded = Models(1, "cpu").get(spec)
+    model, tokenizer = loaded.model, loaded.tokenizer
     # System prompt + two observations, cut to PROMPT_TOKENS (with the tools schema it would start at ~700)
     user = "\n\n".join(example["messages"][-2]["content"] for example in examples[:2])
-    messages = [examples[0]["messages"][0], {"role": "user", "content": user}]
-    request = {"id": 0, "messages": messages, "temperature": 0, "max_tokens": GEN_TOKENS}
+    request = ChatRequest(model=spec, messages=[examples[0]["messages"][0], {"role": "user", "content": user}],
+                          temperature=0, max_tokens=GEN_TOKENS)
+    messages = request.messages  # trimmed in place below
     while len(prompt_ids(tokenizer, request)) > PROMPT_TOKENS and len(messages[-1]["content"]) > 8:
         messages[-1]["content"] = messages[-1]["content"][:-8]
     prefills, decodes = [], []
@@ -104,7 +107,7 @@ def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float
             answers += batch.step()
         decodes.append((time.perf_counter() - prefilled) / GEN_TOKENS * 1000)
         prefills.append((prefilled - started) * 1000)
-        assert answers[0]["usage"]["completion_tokens"] == GEN_TOKENS
+        assert answers[0].usage.completion_tokens == GEN_TOKENS
     return statistics.median(decodes[1:]), statistics.median(prefills[1:]), len(prompt_ids(tokenizer, request))
 
 

@@ -21,21 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import sqlalchemy as sa
 
 from synth_qwen import tracing
+from synth_qwen.atomic_file import AtomicFile
 from synth_qwen.settings import FilterSettings, load
-from synth_qwen.tracing import LMEvent, Message, Session, Step
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
+from synth_qwen.tracing import LMEvent, Message, Session, Step
 
 # ---------------------------------------------------------------------------------------
 # Which episodes: session filters, in funnel order
@@ -282,30 +281,6 @@ class TokenCounter:
 # ---------------------------------------------------------------------------------------
 # Output
 
-class AtomicJsonl:
-    """Lines go to a hidden temp file beside the target; commit() renames it into place, so the
-    target is either the old file or the whole new one — never half of one."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.temp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        self.handle = open(self.temp, "w", encoding="utf-8")
-
-    def write(self, line: str) -> None:
-        self.handle.write(line + "\n")
-
-    def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.temp, self.path)
-
-    def discard(self) -> None:
-        self.handle.close()
-        self.temp.unlink(missing_ok=True)  # gone already after commit()
-
-
 @dataclass
 class Funnel:
     db: str
@@ -483,7 +458,7 @@ def emit(example: dict, metadata: dict, event: LMEvent, s: FilterSettings, f: Fu
         f.validation_examples += 1
         f.validation_seeds.add(seed)
     if writers:
-        writers[side].write(f'{body[:-1]},"metadata":{json.dumps(metadata, separators=(",", ":"))}}}')
+        writers[side].write(f'{body[:-1]},"metadata":{json.dumps(metadata, separators=(",", ":"))}}}\n')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,12 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     counter = TokenCounter() if s.filter_max_example_tokens else None
     f.token_counter = counter.method if counter else None
-    writers: dict[str, AtomicJsonl] = {}
+    writers: dict[str, AtomicFile] = {}  # the target is the old file or the whole new one
     try:
         if not s.filter_dry_run:
-            writers["train"] = AtomicJsonl(s.output_jsonl)
+            writers["train"] = AtomicFile(s.output_jsonl)
             if validation:
-                writers["validation"] = AtomicJsonl(validation)
+                writers["validation"] = AtomicFile(validation)
         build(engine, s, f, writers, counter)
         written = {"train": f.train_examples, "validation": f.validation_examples}
         for side, writer in writers.items():

@@ -1,12 +1,12 @@
 """Inference subprocess of `serve`: `python -m synth_qwen.inference_worker`.
 
 Holds models (a few, least recently used evicted) and answers chat requests read as JSON lines on
-stdin with JSON lines on stdout ({"id", "message", "finish_reason", "usage"} or {"id", "error"}).
+stdin (a `ChatRequest` each) with JSON lines on stdout (a `ChatAnswer` or a `ChatFailure`).
 Concurrent requests for the same model decode together (continuous batching, see `Batch`), so
 many concurrent episodes cost little more than one; each answer is written as soon as its row
 stops. Qwen's `<tool_call>` output is parsed into OpenAI
 tool calls here; output that does not parse stays plain content (never an error).
-torch is imported only in the worker's main(); serve imports nothing from here but the parser.
+torch is imported only when the worker runs; serve imports just the request and answer records.
 """
 from __future__ import annotations
 
@@ -18,10 +18,50 @@ import secrets
 import sys
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from synth_qwen.action_schema import tool_call
+from synth_qwen.serve_store import ModelSpec
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 DEFAULT_MAX_TOKENS = 512
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+class ChatRequest(BaseModel):
+    """A chat completion for the worker, checked by serve (OpenAI's request fields it honours)."""
+    id: int = 0  # serve numbers each request it sends; the answer carries the number back
+    model: ModelSpec
+    messages: list[dict]
+    tools: list | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatAnswer(BaseModel):
+    id: int
+    message: dict  # OpenAI's assistant message: role, content and tool_calls if any
+    finish_reason: str
+    usage: Usage
+
+
+class ChatFailure(BaseModel):
+    id: int
+    error: str
+
+
+WORKER_ANSWER = TypeAdapter(ChatAnswer | ChatFailure)  # WORKER_ANSWER.validate_json(line) in serve
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
@@ -38,8 +78,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
         if not isinstance(call, dict) or not isinstance(call.get("name"), str) or \
                 not isinstance(call.get("arguments", {}), dict):
             return text.strip() or None, []
-        calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
-                      "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}})
+        calls.append(tool_call(f"call_{secrets.token_hex(12)}", json.dumps(call.get("arguments", {})), call["name"]))
     content = TOOL_CALL.sub("", text).strip()
     return content or None, calls
 
@@ -70,14 +109,22 @@ def limit_cpu_threads(model, device: str) -> None:
         torch.set_num_threads(1)
 
 
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    stop_ids: list[int]
+    prefix_cache: dict = field(default_factory=dict)  # Batch's: the model's last prompt prefilled
+
+
 class Models:
-    """model key -> (model, tokenizer, stop ids, prefix cache), least recently used evicted beyond `capacity`."""
+    """model key -> LoadedModel, least recently used evicted beyond `capacity`."""
 
     def __init__(self, capacity: int, device: str):
         self.capacity, self.device, self.loaded = capacity, device, OrderedDict()
 
-    def get(self, spec: dict):
-        key = spec["key"]
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        key = spec.key
         if key in self.loaded:
             self.loaded.move_to_end(key)
             return self.loaded[key]
@@ -86,21 +133,20 @@ class Models:
         self.loaded[key] = self.load(spec)
         return self.loaded[key]
 
-    def load(self, spec: dict):
+    def load(self, spec: ModelSpec) -> LoadedModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-        local_only = not spec.get("allow_download", False)
+        local_only = not spec.allow_download
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        base = spec.get("base") or spec
-        base_path = base.get("path")
-        if base["kind"] == "tiny":
+        base = spec.base or spec
+        base_path = base.path
+        if base.kind == "tiny":
             from synth_qwen import tiny_model
 
-            base_path = str(tiny_model.ensure(base["data_dir"], base["size"]))
-        model_path = spec["path"] if spec.get("path") and spec["kind"] != "tiny" else base_path
-        if spec.get("adapter"):
+            base_path = str(tiny_model.ensure(base.data_dir, base.size))
+        model_path = spec.path if spec.path and spec.kind != "tiny" else base_path
+        if spec.adapter:
             from peft import PeftModel
 
             model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, local_files_only=local_only)
@@ -113,25 +159,25 @@ class Models:
         stop_ids.discard(None)
         stop_ids.discard(tokenizer.unk_token_id)
         limit_cpu_threads(model, self.device)
-        return model, tokenizer, sorted(stop_ids), {}  # {}: the prefix cache of Batch
+        return LoadedModel(model, tokenizer, sorted(stop_ids))
 
 
-def prompt_ids(tokenizer, request: dict) -> list[int]:
+def prompt_ids(tokenizer, request: ChatRequest) -> list[int]:
     from synth_qwen.train_worker import chat_messages
 
     return list(tokenizer.apply_chat_template(
-        chat_messages(request["messages"]), tools=request.get("tools") or None,
+        chat_messages(request.messages), tools=request.tools or None,
         add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
 
 
-def generate_batch(model, tokenizer, stop_ids: list[int], requests: list[dict], device: str) -> list[dict]:
+def generate_batch(model, tokenizer, stop_ids: list[int], requests: list[ChatRequest], device: str) -> list[ChatAnswer]:
     """Answers to `requests` decoded together, in request order (the worker streams them instead)."""
     batch, answers = Batch(model, tokenizer, stop_ids, device=device), {}
     for request in requests:
         batch.add(request)
     while batch.rows:
-        answers.update((answer["id"], answer) for answer in batch.step())
-    return [answers[request["id"]] for request in requests]
+        answers.update((answer.id, answer) for answer in batch.step())
+    return [answers[request.id] for request in requests]
 
 
 class Batch:
@@ -151,7 +197,7 @@ class Batch:
         self.rows, self.cache, self.mask, self.positions, self.logits = [], None, None, None, None
         self.joining = []  # (key/values, mask, next position, logits) of rows prefilled since the last step
 
-    def add(self, request: dict) -> None:
+    def add(self, request: ChatRequest) -> None:
         import torch
         from transformers import DynamicCache
 
@@ -163,10 +209,10 @@ class Batch:
                              position_ids=torch.arange(shared, len(ids), device=self.device)[None],
                              use_cache=True, logits_to_keep=1)
         self.prefix.update(ids=ids, kv=[(k, v) for k, v, _ in out.cache])  # the cache grows by copy: these stay
-        seed = request["seed"] if request.get("seed") is not None else secrets.randbits(63)
-        temperature, top_p = request.get("temperature"), request.get("top_p")
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        temperature, top_p = request.temperature, request.top_p
         self.rows.append({"request": request, "prompt_tokens": len(ids), "tokens": [], "stopped": False,
-                          "limit": request.get("max_tokens") or DEFAULT_MAX_TOKENS,
+                          "limit": request.max_tokens or DEFAULT_MAX_TOKENS,
                           "temperature": float(1.0 if temperature is None else temperature),
                           "top_p": float(1.0 if top_p is None else top_p),
                           "generator": torch.Generator().manual_seed(seed)})
@@ -193,7 +239,7 @@ class Batch:
         self.positions = torch.cat([position for _, _, position, _ in parts])
         self.logits = torch.cat([logits for *_, logits in parts])
 
-    def step(self) -> list[dict]:
+    def step(self) -> list[ChatAnswer]:
         """Pick each row's next token; returns the answers of rows that finished, then runs the rest."""
         import torch
 
@@ -226,12 +272,13 @@ class Batch:
         self.logits = out.logits[:, -1].float()
         return done
 
-    def answer(self, row: dict) -> dict:
+    def answer(self, row: dict) -> ChatAnswer:
         text = self.tokenizer.decode(row["tokens"], skip_special_tokens=True)
         message, finish_reason = chat_message(text, "stop" if row["stopped"] else "length")
         prompt, completion = row["prompt_tokens"], len(row["tokens"]) + row["stopped"]
-        return {"id": row["request"]["id"], "message": message, "finish_reason": finish_reason,
-                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+        return ChatAnswer(id=row["request"].id, message=message, finish_reason=finish_reason,
+                          usage=Usage(prompt_tokens=prompt, completion_tokens=completion,
+                                      total_tokens=prompt + completion))
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -259,7 +306,7 @@ def pick_token(logits, temperature: float, top_p: float, generator) -> int:
 def read_requests(inbox: queue.Queue) -> None:
     for line in sys.stdin:
         if line.strip():
-            inbox.put(json.loads(line))
+            inbox.put(ChatRequest.model_validate_json(line))
     inbox.put(None)  # serve closed the pipe
 
 
@@ -278,14 +325,15 @@ def serve_requests(inbox: queue.Queue, models: "Models", max_batch: int, device:
         if None in waiting:  # serve closed the pipe: nobody is left to answer
             return
         if batch is None:
-            key = waiting[0]["model"]["key"]
+            key = waiting[0].model.key
             try:
-                batch = Batch(*models.get(waiting[0]["model"]), device=device)
+                loaded = models.get(waiting[0].model)
+                batch = Batch(loaded.model, loaded.tokenizer, loaded.stop_ids, loaded.prefix_cache, device=device)
             except Exception as error:  # a bad model dir: tell each caller, keep serving
-                fail([request for request in waiting if request["model"]["key"] == key], error, send)
-                waiting = [request for request in waiting if request["model"]["key"] != key]
+                fail([request for request in waiting if request.model.key == key], error, send)
+                waiting = [request for request in waiting if request.model.key != key]
                 continue
-        while waiting and waiting[0]["model"]["key"] == key and len(batch.rows) < max_batch:
+        while waiting and waiting[0].model.key == key and len(batch.rows) < max_batch:
             request = waiting.pop(0)
             try:
                 batch.add(request)
@@ -301,12 +349,12 @@ def serve_requests(inbox: queue.Queue, models: "Models", max_batch: int, device:
             batch = None
 
 
-def fail(requests: list[dict], error: Exception, send) -> None:
+def fail(requests: list[ChatRequest], error: Exception, send) -> None:
     import traceback
 
     traceback.print_exc()
     for request in requests:
-        send({"id": request["id"], "error": f"{type(error).__name__}: {error}"})
+        send(ChatFailure(id=request.id, error=f"{type(error).__name__}: {error}"))
 
 
 def main() -> None:
@@ -317,7 +365,8 @@ def main() -> None:
     device, max_batch, capacity = resolve_device(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     inbox = queue.Queue()
     threading.Thread(target=read_requests, args=(inbox,), daemon=True).start()
-    serve_requests(inbox, Models(capacity, device), max_batch, device, lambda answer: out.write(json.dumps(answer) + "\n"))
+    serve_requests(inbox, Models(capacity, device), max_batch, device,
+                   lambda answer: out.write(answer.model_dump_json() + "\n"))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,20 @@ import os
 import secrets
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from synth_qwen import sft_format, train_worker
-from synth_qwen.serve_store import ACTIVE_STATUSES, BadId, Store, new_id, now, page
+from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
+from synth_qwen.job_status import ACTIVE_STATUSES
+from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
+                                    new_id, now, page)
 from synth_qwen.settings import ServeSettings, load
 from synth_qwen.tiny_model import TINY_MODEL_ID
+from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpoint, WorkerError, WorkerEvent,
+                                     WorkerMetrics, WorkerResult)
 
 PREFIXES = ("/v1", "/api", "/api/v1")
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import synth_qwen from here
@@ -39,6 +45,19 @@ class ApiError(Exception):
                  type: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.body = status, {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass
+class TrainingRun:
+    """The job the training worker runs now (one at a time)."""
+    job_id: str
+    process: asyncio.subprocess.Process
+
+
+@dataclass
+class ServeState:
+    """What changes while serving (aiohttp freezes the app's own keys once it starts)."""
+    training: TrainingRun | None = None
 
 
 def not_found(what: str, value: str) -> ApiError:
@@ -103,30 +122,30 @@ def page_args(request: web.Request) -> tuple[str | None, int]:
 # ---------------------------------------------------------------------------------------
 # Models: the tiny built-in, local Hugging Face models, and what jobs produced
 
-def model_spec(app: web.Application, name: str) -> dict | None:
+def model_spec(app: web.Application, name: str) -> ModelSpec | None:
     """How the workers load `name`, or None when it is unknown here (never downloads unless allowed)."""
     settings, store = app["settings"], app["store"]
     if name == TINY_MODEL_ID:
-        return {"key": name, "kind": "tiny", "size": settings.serve_tiny_size, "data_dir": str(store.root)}
+        return ModelSpec(key=name, kind="tiny", size=settings.serve_tiny_size, data_dir=str(store.root))
     record = store.models().get(name)
     if record:
-        return record["spec"]
+        return record.spec
     if (Path(name) / "config.json").is_file():
-        return {"key": name, "kind": "hf", "path": str(Path(name).resolve())}
+        return ModelSpec(key=name, kind="hf", path=str(Path(name).resolve()))
     if name.count("/") == 1 and hf_cached(name):
-        return {"key": name, "kind": "hf", "path": name}
+        return ModelSpec(key=name, kind="hf", path=name)
     if settings.serve_allow_download and name.count("/") == 1:
-        return {"key": name, "kind": "hf", "path": name, "allow_download": True}
+        return ModelSpec(key=name, kind="hf", path=name, allow_download=True)
     return None
 
 
-def training_base(spec: dict) -> dict:
+def training_base(spec: ModelSpec) -> ModelSpec:
     """What a job trains from: a base model as it is, or a fine-tuned model's weights on top of its
     own base (whose kind picks the method: the tiny model full, others LoRA). The new model is named
     after, and served on, the root base, as OpenAI names a fine-tune of a fine-tune."""
-    if spec["kind"] != "ft":
+    if spec.kind != "ft":
         return spec
-    return {**spec["base"], "init_path": spec["path"], "init_adapter": spec["adapter"]}
+    return spec.base.model_copy(update={"init_path": spec.path, "init_adapter": spec.adapter})
 
 
 def hf_cached(repo_id: str) -> bool:
@@ -146,7 +165,7 @@ def model_object(model_id: str, created: int = 0, owned_by: str = "system") -> d
 
 async def list_models(request: web.Request) -> web.Response:
     models = [model_object(TINY_MODEL_ID)]
-    models += [model_object(model_id, record["created"], "user") for model_id, record in
+    models += [model_object(model_id, record.created, "user") for model_id, record in
                request.app["store"].models().items()]
     return web.json_response({"object": "list", "data": models})
 
@@ -157,7 +176,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
     if spec is None:
         raise ApiError(404, f"The model {name!r} does not exist here.", param="model", code="model_not_found")
     record = request.app["store"].models().get(name)
-    return web.json_response(model_object(name, record["created"], "user") if record else model_object(name))
+    return web.json_response(model_object(name, record.created, "user") if record else model_object(name))
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,7 +245,7 @@ async def delete_file(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------------
 # Fine-tuning jobs
 
-def requested_hyperparameters(body: dict) -> dict:
+def requested_hyperparameters(body: dict) -> Hyperparameters:
     """`hyperparameters` (deprecated form) overlaid by `method.supervised.hyperparameters`; checked."""
     method = body.get("method") or {}
     if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
@@ -243,7 +262,7 @@ def requested_hyperparameters(body: dict) -> dict:
                                     f"got {value!r}.", param=f"hyperparameters.{name}")
             value = kind(value)
         checked[name] = value
-    return checked
+    return Hyperparameters(**checked)
 
 
 def training_file_path(request: web.Request, body: dict, field: str) -> tuple[str | None, Path | None]:
@@ -280,57 +299,54 @@ async def create_job(request: web.Request) -> web.Response:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "'seed' must be an integer.", param="seed")
-    job_id = new_id("ftjob")
-    job = {"id": job_id, "object": "fine_tuning.job", "created_at": now(), "finished_at": None, "model": model,
-           "fine_tuned_model": None, "organization_id": "org-local", "status": "validating_files", "error": None,
-           "hyperparameters": hyperparameters, "seed": seed if seed is not None else secrets.randbelow(2**31),
-           "result_files": [], "trained_tokens": None, "training_file": training_file,
-           "validation_file": validation_file, "estimated_finish": None, "integrations": [],
-           "metadata": body.get("metadata"), "suffix": suffix, "output_dir": None,
-           "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}}
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ApiError(400, "'metadata' must be a JSON object.", param="metadata")
+    job = FineTuningJob(id=new_id("ftjob"), created_at=now(), model=model, status="validating_files",
+                        hyperparameters=hyperparameters, seed=seed if seed is not None else secrets.randbelow(2**31),
+                        training_file=training_file, validation_file=validation_file, metadata=metadata, suffix=suffix)
     store.save_job(job)
-    store.add_event(job_id, f"Created fine-tuning job: {job_id}")
-    app["background"].add(asyncio.create_task(validate_job(app, job_id, spec)))
-    return web.json_response(job)
+    store.add_event(job.id, f"Created fine-tuning job: {job.id}")
+    app["background"].add(asyncio.create_task(validate_job(app, job.id, spec)))
+    return web.json_response(job.model_dump(mode="json"))
 
 
-async def validate_job(app: web.Application, job_id: str, spec: dict) -> None:
+async def validate_job(app: web.Application, job_id: str, spec: ModelSpec) -> None:
     store = app["store"]
     job = store.get_job(job_id)
-    store.add_event(job_id, "Validating training file: " + job["training_file"])
+    store.add_event(job_id, "Validating training file: " + job.training_file)
     reports = []
-    for field in ("training_file", "validation_file"):
-        if job[field]:
+    for field, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        if file_id:
             minimum = sft_format.MIN_EXAMPLES if field == "training_file" else 1
             reports.append((field, await asyncio.to_thread(
-                sft_format.validate_jsonl, store.file_data_path(job[field]), minimum, job[field])))
+                sft_format.validate_jsonl, store.file_data_path(file_id), minimum, file_id)))
     job = store.get_job(job_id)
-    if job["status"] != "validating_files":  # cancelled meanwhile
+    if job.status != "validating_files":  # cancelled meanwhile
         return
     for field, report in reports:
         if not report.ok:
-            return finish_job(store, job, "failed", error={
-                "code": "invalid_training_file" if field == "training_file" else "invalid_validation_file",
-                "param": field, "message": f"Invalid {field.replace('_', ' ')} {report.summary()}"})
-    kind = "tiny" if training_base(spec)["kind"] == "tiny" else "hf"
-    job["hyperparameters"] = train_worker.resolve_hyperparameters(job["hyperparameters"], kind, reports[0][1].examples)
-    job["method"]["supervised"]["hyperparameters"] = job["hyperparameters"]
-    job["status"] = "queued"
+            return finish_job(store, job, "failed", error=JobError(
+                code="invalid_training_file" if field == "training_file" else "invalid_validation_file",
+                param=field, message=f"Invalid {field.replace('_', ' ')} {report.summary()}"))
+    kind = "tiny" if training_base(spec).kind == "tiny" else "hf"
+    job.hyperparameters = train_worker.resolve_hyperparameters(job.hyperparameters, kind, reports[0][1].examples)
+    job.status = "queued"
     store.save_job(job)
     store.add_event(job_id, f"Files validated ({reports[0][1].examples} training examples); job queued")
     await app["job_queue"].put(job_id)
 
 
-def finish_job(store: Store, job: dict, status: str, error: dict | None = None) -> None:
-    job.update(status=status, finished_at=now(), error=error)
+def finish_job(store: Store, job: FineTuningJob, status: str, error: JobError | None = None) -> None:
+    job.status, job.finished_at, job.error = status, now(), error
     store.save_job(job)
     message = {"succeeded": "The job has successfully completed", "cancelled": "Job cancelled"}.get(
-        status, f"Job failed: {error['message'] if error else ''}")
-    store.add_event(job["id"], message, level="error" if status == "failed" else "info")
+        status, f"Job failed: {error.message if error else ''}")
+    store.add_event(job.id, message, level="error" if status == "failed" else "info")
 
 
-def fine_tuned_name(job: dict, root_model: str) -> str:
-    return f"ft:{root_model}:{job['suffix']}:{job['id']}" if job.get("suffix") else f"ft:{root_model}:{job['id']}"
+def fine_tuned_name(job: FineTuningJob, root_model: str) -> str:
+    return f"ft:{root_model}:{job.suffix}:{job.id}" if job.suffix else f"ft:{root_model}:{job.id}"
 
 
 async def job_runner(app: web.Application) -> None:
@@ -338,69 +354,70 @@ async def job_runner(app: web.Application) -> None:
     while True:
         job_id = await app["job_queue"].get()
         job = app["store"].get_job(job_id)
-        if job and job["status"] == "queued":
+        if job and job.status == "queued":
             try:
                 await run_job(app, job)
             except Exception as error:  # a bug here must not stop later jobs
                 finish_job(app["store"], app["store"].get_job(job_id), "failed",
-                           {"code": "server_error", "param": None, "message": f"{type(error).__name__}: {error}"})
+                           JobError(code="server_error", message=f"{type(error).__name__}: {error}"))
 
 
-async def run_job(app: web.Application, job: dict) -> None:
-    store, settings = app["store"], app["settings"]
-    job_dir = store.job_dir(job["id"])
-    base = training_base(model_spec(app, job["model"]))
-    spec = {"job_id": job["id"], "training_file": str(store.file_data_path(job["training_file"])),
-            "validation_file": str(store.file_data_path(job["validation_file"])) if job["validation_file"] else None,
-            "base": {**base, "name": job["model"]}, "hyperparameters": job["hyperparameters"], "seed": job["seed"],
-            "device": settings.serve_device, "max_seq_len": settings.serve_max_seq_len,
-            "lora_rank": settings.serve_lora_rank, "output_dir": str(job_dir / "output")}
-    (job_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+async def run_job(app: web.Application, job: FineTuningJob) -> None:
+    store, settings, state = app["store"], app["settings"], app["state"]
+    job_dir = store.job_dir(job.id)
+    base = training_base(model_spec(app, job.model))
+    spec = TrainingSpec(
+        job_id=job.id, model=job.model, base=base, training_file=str(store.file_data_path(job.training_file)),
+        validation_file=str(store.file_data_path(job.validation_file)) if job.validation_file else None,
+        hyperparameters=job.hyperparameters, seed=job.seed, device=settings.serve_device,
+        max_seq_len=settings.serve_max_seq_len, lora_rank=settings.serve_lora_rank, output_dir=str(job_dir / "output"))
+    (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
     (job_dir / "cancel").unlink(missing_ok=True)
-    job.update(status="running")
+    job.status = "running"
     store.save_job(job)
-    store.add_event(job["id"], "Fine-tuning job started")
+    store.add_event(job.id, "Fine-tuning job started")
     with open(job_dir / "worker.log", "ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "synth_qwen.train_worker", str(job_dir), stdout=asyncio.subprocess.PIPE,
             stderr=log, env=worker_env())
-    app["state"]["training"] = (job["id"], process)
-    name = fine_tuned_name(job, base["key"])
+    state.training = TrainingRun(job.id, process)
+    name = fine_tuned_name(job, base.key)
     result, error_message = None, None
     async for raw in process.stdout:
         try:
-            line = json.loads(raw)
-        except ValueError:
+            message = WORKER_MESSAGE.validate_json(raw)
+        except ValueError:  # not one of ours: ignore
             continue
-        if line["type"] == "event":
-            store.add_event(job["id"], line["message"], level=line["level"])
-        elif line["type"] == "metrics":
-            data = {key: value for key, value in line["data"].items() if value is not None}
-            store.add_event(job["id"], f"Step {data['step']}/{line['total_steps']}: training loss="
-                                       f"{data['train_loss']:.4f}", type="metrics",
-                            data={**data, "total_steps": line["total_steps"]})
-        elif line["type"] == "checkpoint":
-            add_checkpoint(store, job, name, line, base)
-        elif line["type"] == "result":
-            result = line
-        elif line["type"] == "error":
-            error_message = line["message"]
+        if isinstance(message, WorkerEvent):
+            store.add_event(job.id, message.message, level=message.level)
+        elif isinstance(message, WorkerMetrics):
+            data = message.data.model_dump(exclude_none=True)
+            store.add_event(job.id, f"Step {data['step']}/{message.total_steps}: training loss="
+                                    f"{data['train_loss']:.4f}", type="metrics",
+                            data={**data, "total_steps": message.total_steps})
+        elif isinstance(message, WorkerCheckpoint):
+            add_checkpoint(store, job, name, message, base)
+        elif isinstance(message, WorkerResult):
+            result = message
+        elif isinstance(message, WorkerError):
+            error_message = message.message
     returncode = await process.wait()
-    app["state"]["training"] = None
-    job = store.get_job(job["id"])
-    if job["status"] == "cancelled":
+    state.training = None
+    job = store.get_job(job.id)
+    if job.status == "cancelled":
         return
     if returncode == 0 and result:
-        register_model(store, name, job["id"], result["output_dir"], result["adapter"], base)
-        metrics_file = store.add_file("step_metrics.csv", "fine-tune-results", copy_for_store(store, result["metrics_csv"]))
-        job.update(fine_tuned_model=name, trained_tokens=result["trained_tokens"], output_dir=result["output_dir"],
-                   result_files=[metrics_file["id"]])
-        store.add_event(job["id"], f"New fine-tuned model created: {name} ({result['tokens_per_second']:.0f} "
-                                   "training tokens/s)", data={key: result.get(key) for key in (
-                                       "tokens_per_second", "steady_tokens_per_second", "train_seconds")})
+        register_model(store, name, job.id, result.output_dir, result.adapter, base)
+        metrics_file = store.add_file("step_metrics.csv", "fine-tune-results", copy_for_store(store, result.metrics_csv))
+        job.fine_tuned_model, job.trained_tokens, job.output_dir = name, result.trained_tokens, result.output_dir
+        job.result_files = [metrics_file["id"]]
+        store.add_event(job.id, f"New fine-tuned model created: {name} ({result.tokens_per_second:.0f} training "
+                                "tokens/s)", data={"tokens_per_second": result.tokens_per_second,
+                                                   "steady_tokens_per_second": result.steady_tokens_per_second,
+                                                   "train_seconds": result.train_seconds})
         return finish_job(store, job, "succeeded")
-    finish_job(store, job, "failed", {"code": "training_failed", "param": None, "message": error_message or
-                                      f"training worker exited with status {returncode}; see {job_dir}/worker.log"})
+    finish_job(store, job, "failed", JobError(code="training_failed", message=error_message or
+                                              f"training worker exited with status {returncode}; see {job_dir}/worker.log"))
 
 
 def copy_for_store(store: Store, path: str) -> Path:
@@ -409,21 +426,21 @@ def copy_for_store(store: Store, path: str) -> Path:
     return temp
 
 
-def register_model(store: Store, name: str, job_id: str, path: str, adapter: bool, base: dict) -> None:
-    spec = {"key": name, "kind": "ft", "path": path, "adapter": adapter, "base": base}
-    store.add_model(name, {"created": now(), "job_id": job_id, "spec": spec})
+def register_model(store: Store, name: str, job_id: str, path: str, adapter: bool, base: ModelSpec) -> None:
+    spec = ModelSpec(key=name, kind="ft", path=path, adapter=adapter, base=base)
+    store.add_model(name, ModelRecord(created=now(), job_id=job_id, spec=spec))
 
 
-def add_checkpoint(store: Store, job: dict, name: str, line: dict, base: dict) -> None:
-    checkpoint_name = f"{name}:ckpt-step-{line['step']}"
-    metrics = {key: value for key, value in line["metrics"].items()
-               if key in ("step", "train_loss", "train_mean_token_accuracy") and value is not None}
-    store.add_checkpoint(job["id"], {
+def add_checkpoint(store: Store, job: FineTuningJob, name: str, checkpoint: WorkerCheckpoint, base: ModelSpec) -> None:
+    checkpoint_name = f"{name}:ckpt-step-{checkpoint.step}"
+    metrics = checkpoint.metrics.model_dump(include={"step", "train_loss", "train_mean_token_accuracy"},
+                                            exclude_none=True) if checkpoint.metrics else {}
+    store.add_checkpoint(job.id, {
         "id": new_id("ftckpt"), "object": "fine_tuning.job.checkpoint", "created_at": now(),
-        "fine_tuned_model_checkpoint": checkpoint_name, "fine_tuning_job_id": job["id"],
-        "step_number": line["step"], "metrics": metrics})
-    register_model(store, checkpoint_name, job["id"], line["path"], base["kind"] != "tiny", base)
-    store.add_event(job["id"], f"Checkpoint created at step {line['step']}: {checkpoint_name}")
+        "fine_tuned_model_checkpoint": checkpoint_name, "fine_tuning_job_id": job.id,
+        "step_number": checkpoint.step, "metrics": metrics})
+    register_model(store, checkpoint_name, job.id, checkpoint.path, base.kind != "tiny", base)
+    store.add_event(job.id, f"Checkpoint created at step {checkpoint.step}: {checkpoint_name}")
 
 
 def worker_env() -> dict:
@@ -431,7 +448,7 @@ def worker_env() -> dict:
     return {**os.environ, "PYTHONPATH": PACKAGE_ROOT + (os.pathsep + path if path else "")}
 
 
-def get_job_or_404(request: web.Request) -> dict:
+def get_job_or_404(request: web.Request) -> FineTuningJob:
     job_id = request.match_info["job_id"]
     job = request.app["store"].get_job(job_id)
     if job is None:
@@ -440,25 +457,26 @@ def get_job_or_404(request: web.Request) -> dict:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    return web.json_response(page(request.app["store"].list_jobs(), *page_args(request)))
+    jobs = [job.model_dump(mode="json") for job in request.app["store"].list_jobs()]
+    return web.json_response(page(jobs, *page_args(request)))
 
 
 async def retrieve_job(request: web.Request) -> web.Response:
-    return web.json_response(get_job_or_404(request))
+    return web.json_response(get_job_or_404(request).model_dump(mode="json"))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     await json_body(request, allow_empty=True)  # the SDK sends Content-Type json with an empty body
     app, job = request.app, get_job_or_404(request)
-    if job["status"] not in ACTIVE_STATUSES:
-        raise ApiError(400, f"Job {job['id']} is already {job['status']}; only active jobs can be cancelled.",
+    if job.status not in ACTIVE_STATUSES:
+        raise ApiError(400, f"Job {job.id} is already {job.status}; only active jobs can be cancelled.",
                        code="job_not_active")
-    was_running = job["status"] == "running"
+    was_running = job.status == "running"
     finish_job(app["store"], job, "cancelled")
-    training = app["state"]["training"]
-    if was_running and training and training[0] == job["id"]:
-        app["background"].add(asyncio.create_task(stop_worker(app["store"].job_dir(job["id"]), training[1])))
-    return web.json_response(job)
+    training = app["state"].training
+    if was_running and training and training.job_id == job.id:
+        app["background"].add(asyncio.create_task(stop_worker(app["store"].job_dir(job.id), training.process)))
+    return web.json_response(job.model_dump(mode="json"))
 
 
 async def stop_worker(job_dir: Path, process) -> None:
@@ -475,12 +493,12 @@ async def stop_worker(job_dir: Path, process) -> None:
 
 async def list_events(request: web.Request) -> web.Response:
     job = get_job_or_404(request)
-    return web.json_response(page(request.app["store"].list_events(job["id"]), *page_args(request)))
+    return web.json_response(page(request.app["store"].list_events(job.id), *page_args(request)))
 
 
 async def list_checkpoints(request: web.Request) -> web.Response:
     job = get_job_or_404(request)
-    return web.json_response(page(request.app["store"].list_checkpoints(job["id"]), *page_args(request)))
+    return web.json_response(page(request.app["store"].list_checkpoints(job.id), *page_args(request)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -507,23 +525,24 @@ class InferenceWorker:
 
     async def read_answers(self, process) -> None:
         async for raw in process.stdout:
-            answer = json.loads(raw)
-            future = self.pending.pop(answer["id"], None)
+            answer = WORKER_ANSWER.validate_json(raw)
+            future = self.pending.pop(answer.id, None)
             if future and not future.done():
                 future.set_result(answer)
         await process.wait()
-        for future in self.pending.values():  # the worker died: nobody will answer these
+        for request_id, future in self.pending.items():  # the worker died: nobody will answer these
             if not future.done():
-                future.set_result({"error": f"inference worker exited with status {process.returncode}; "
-                                            "see inference_worker.log in the data dir"})
+                future.set_result(ChatFailure(id=request_id, error=f"inference worker exited with status "
+                                                                   f"{process.returncode}; see inference_worker.log "
+                                                                   "in the data dir"))
         self.pending.clear()
 
-    async def complete(self, request: dict) -> dict:
+    async def complete(self, request: ChatRequest) -> ChatAnswer | ChatFailure:
         await self.ensure_started()
-        request_id = next(self.ids)
+        request = request.model_copy(update={"id": next(self.ids)})
         future = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = future
-        self.process.stdin.write((json.dumps({**request, "id": request_id}) + "\n").encode())
+        self.pending[request.id] = future
+        self.process.stdin.write((request.model_dump_json() + "\n").encode())
         await self.process.stdin.drain()
         return await future
 
@@ -571,19 +590,19 @@ async def chat_completions(request: web.Request) -> web.Response:
     spec = model_spec(request.app, model)
     if spec is None:
         raise ApiError(404, f"The model {model!r} does not exist here.", param="model", code="model_not_found")
-    answer = await request.app["inference"].complete({**forwarded, "model": spec})
-    if "error" in answer:
-        raise ApiError(500, f"Model {model} failed: {answer['error']}", type="server_error", code="model_error")
+    answer = await request.app["inference"].complete(ChatRequest(model=spec, **forwarded))
+    if isinstance(answer, ChatFailure):
+        raise ApiError(500, f"Model {model} failed: {answer.error}", type="server_error", code="model_error")
     return web.json_response({
         "id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": now(), "model": model,
-        "choices": [{"index": 0, "message": answer["message"], "finish_reason": answer["finish_reason"],
+        "choices": [{"index": 0, "message": answer.message, "finish_reason": answer.finish_reason,
                      "logprobs": None}],
-        "usage": answer["usage"], "system_fingerprint": None})
+        "usage": answer.usage.model_dump(), "system_fingerprint": None})
 
 
 async def health(request: web.Request) -> web.Response:
-    training = request.app["state"]["training"]
-    return web.json_response({"status": "ok", "training_job": training[0] if training else None,
+    training = request.app["state"].training
+    return web.json_response({"status": "ok", "training_job": training.job_id if training else None,
                               "queued_jobs": request.app["job_queue"].qsize()})
 
 
@@ -607,7 +626,7 @@ def make_app(settings: ServeSettings) -> web.Application:
     app = web.Application(client_max_size=limit, middlewares=[errors_middleware, auth_middleware])
     app["settings"], app["store"] = settings, Store(settings.serve_data_dir)
     app["interrupted"] = app["store"].fail_interrupted_jobs()
-    app["inference"], app["background"], app["state"] = InferenceWorker(settings), set(), {"training": None}
+    app["inference"], app["background"], app["state"] = InferenceWorker(settings), set(), ServeState()
     for prefix in PREFIXES:
         for method, path, handler in ROUTES:
             app.router.add_route(method, prefix + path, handler)
@@ -624,13 +643,12 @@ async def start_background(app: web.Application) -> None:
 
 async def stop_background(app: web.Application) -> None:
     app["runner"].cancel()
-    training = app["state"]["training"]
+    training = app["state"].training
     if training:  # the job cannot outlive us; say so now rather than at the next start
-        training[1].kill()
-        job = app["store"].get_job(training[0])
-        finish_job(app["store"], job, "failed", {"code": "server_stopped", "param": None,
-                                                 "message": "The server stopped while this job was running; "
-                                                            "create a new job to retry."})
+        training.process.kill()
+        job = app["store"].get_job(training.job_id)
+        finish_job(app["store"], job, "failed", JobError(code="server_stopped", message=(
+            "The server stopped while this job was running; create a new job to retry.")))
     await app["inference"].stop()
 
 

@@ -1,11 +1,13 @@
 """Persistent state of `serve`: files, jobs, events, checkpoints and models as JSON in SERVE_DATA_DIR.
 
-Layout (one writer: the API process; every write is temp file + rename, so a crash never
-leaves half a JSON file):
+Layout (one writer: the API process; every whole-file write goes through atomic_file, so a crash
+never leaves half a JSON file):
     files/<file-id>.json  files/<file-id>.data
-    jobs/<ftjob-id>/job.json  events.jsonl  checkpoints.json  (+ the worker's output/)
-    models.json           fine-tuned models and checkpoints: id -> {path, base, ...}
+    jobs/<ftjob-id>/job.json  events.jsonl  checkpoints.json  (+ the worker's spec.json, output/)
+    models.json           fine-tuned models and checkpoints: id -> {created, job_id, spec}
 Ids are checked against a strict pattern before they touch a path, so no id escapes the dir.
+Jobs and models are typed records (below); their JSON is the same, field for field and in order,
+as OpenAI's job objects and as the files earlier versions wrote.
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ import re
 import secrets
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, computed_field
+
+from synth_qwen.atomic_file import write_text_atomic
+from synth_qwen.job_status import ACTIVE_STATUSES
 
 ID_PATTERNS = {
     "file": re.compile(r"^file-[A-Za-z0-9]{1,64}$"),
     "ftjob": re.compile(r"^ftjob-[A-Za-z0-9]{1,64}$"),
 }
-ACTIVE_STATUSES = ("validating_files", "queued", "running")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 class BadId(ValueError):
@@ -43,9 +49,7 @@ def now() -> int:
 
 
 def write_json(path: Path, obj) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(obj, indent=1))
-    os.replace(temp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def read_json(path: Path, default=None):
@@ -53,6 +57,75 @@ def read_json(path: Path, default=None):
         return json.loads(path.read_text())
     except FileNotFoundError:
         return default
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+
+class ModelSpec(BaseModel):
+    """How a worker loads a model. Saved without its default fields (`model_dump(exclude_defaults=True)`),
+    so models.json keeps the shape it always had: tiny {key, kind, size, data_dir}, hf {key, kind, path},
+    ft {key, kind, path, adapter, base}."""
+    key: str  # the name requests use; the inference worker caches loaded models by it
+    kind: Literal["tiny", "hf", "ft"]  # the built-in tiny model, a Hugging Face model, a job's output
+    path: str | None = None  # hf: a local dir or hub id; ft: the weights (or adapter) a job wrote
+    size: str | None = None  # tiny: SERVE_TINY_SIZE
+    data_dir: str | None = None  # tiny: where its weights are built
+    allow_download: bool = False  # hf: SERVE_ALLOW_DOWNLOAD and not cached yet
+    adapter: bool | None = None  # ft: path holds a LoRA adapter for `base`, else full weights
+    base: ModelSpec | None = None  # ft: the root base model it was trained from
+    init_path: str | None = None  # a training base: start from these fine-tuned weights ...
+    init_adapter: bool | None = None  # ... which are an adapter (trained on) or full weights
+
+
+class ModelRecord(BaseModel):
+    """A fine-tuned model or checkpoint in models.json."""
+    created: int
+    job_id: str
+    spec: ModelSpec
+
+
+class Hyperparameters(BaseModel):
+    """As requested ("auto" or a number); resolved to numbers once the training file is validated."""
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+
+
+class JobError(BaseModel):
+    code: str
+    param: str | None = None
+    message: str
+
+
+class FineTuningJob(BaseModel):
+    """jobs/<id>/job.json and the HTTP job object (OpenAI's fields, plus suffix and output_dir)."""
+    id: str
+    object: str = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None = None
+    model: str
+    fine_tuned_model: str | None = None
+    organization_id: str = "org-local"
+    status: str  # one of job_status.ACTIVE_STATUSES + TERMINAL_STATUSES
+    error: JobError | None = None
+    hyperparameters: Hyperparameters
+    seed: int
+    result_files: list[str] = []
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    estimated_finish: int | None = None
+    integrations: list = []
+    metadata: dict | None = None
+    suffix: str | None = None
+    output_dir: str | None = None
+
+    @computed_field
+    @property
+    def method(self) -> dict:
+        """OpenAI's newer form of `hyperparameters`; derived, so the two never disagree."""
+        return {"type": "supervised", "supervised": {"hyperparameters": self.hyperparameters.model_dump()}}
 
 
 class Store:
@@ -101,19 +174,19 @@ class Store:
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / check_id("ftjob", job_id)
 
-    def save_job(self, job: dict) -> dict:
-        folder = self.job_dir(job["id"])
+    def save_job(self, job: FineTuningJob) -> FineTuningJob:
+        folder = self.job_dir(job.id)
         folder.mkdir(exist_ok=True)
-        write_json(folder / "job.json", job)
+        write_json(folder / "job.json", job.model_dump(mode="json"))
         return job
 
-    def get_job(self, job_id: str) -> dict | None:
-        return read_json(self.job_dir(job_id) / "job.json")
+    def get_job(self, job_id: str) -> FineTuningJob | None:
+        return read_job(self.job_dir(job_id))
 
-    def list_jobs(self) -> list[dict]:
-        jobs = [read_json(path / "job.json") for path in self.jobs_dir.glob("ftjob-*")]
+    def list_jobs(self) -> list[FineTuningJob]:
+        jobs = [read_job(folder) for folder in self.jobs_dir.glob("ftjob-*")]
         jobs = [job for job in jobs if job]
-        return sorted(jobs, key=lambda job: (job["created_at"], job["id"]), reverse=True)
+        return sorted(jobs, key=lambda job: (job.created_at, job.id), reverse=True)
 
     def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message",
                   data: dict | None = None) -> dict:
@@ -141,23 +214,31 @@ class Store:
         """Jobs left active by a server that died: mark failed (never stuck). Returns their ids."""
         failed = []
         for job in self.list_jobs():
-            if job["status"] in ACTIVE_STATUSES:
-                job.update(status="failed", finished_at=now(), error={
-                    "code": "server_restarted", "param": None,
-                    "message": f"The server stopped while this job was {job['status']}; create a new job to retry."})
+            if job.status in ACTIVE_STATUSES:
+                message = f"The server stopped while this job was {job.status}; create a new job to retry."
+                job.status, job.finished_at = "failed", now()
+                job.error = JobError(code="server_restarted", message=message)
                 self.save_job(job)
-                self.add_event(job["id"], job["error"]["message"], level="error")
-                failed.append(job["id"])
+                self.add_event(job.id, message, level="error")
+                failed.append(job.id)
         return failed
 
     # ---- models -------------------------------------------------------------------------
-    def models(self) -> dict[str, dict]:
-        return read_json(self.models_path, {})
+    def models(self) -> dict[str, ModelRecord]:
+        return {model_id: ModelRecord.model_validate(record)
+                for model_id, record in read_json(self.models_path, {}).items()}
 
-    def add_model(self, model_id: str, record: dict) -> None:
+    def add_model(self, model_id: str, record: ModelRecord) -> None:
         models = self.models()
         models[model_id] = record
-        write_json(self.models_path, models)
+        write_json(self.models_path, {model_id: record.model_dump(mode="json", exclude_defaults=True)
+                                      for model_id, record in models.items()})
+
+
+def read_job(folder: Path) -> FineTuningJob | None:
+    """None when the folder has no job.json; a corrupt one raises (serve never writes one)."""
+    saved = read_json(folder / "job.json")
+    return FineTuningJob.model_validate(saved) if saved else None
 
 
 def page(items: list[dict], after: str | None, limit: int) -> dict:

@@ -19,11 +19,12 @@ from pathlib import Path
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
+from synth_qwen.atomic_file import write_text_atomic
+from synth_qwen.job_status import TERMINAL_STATUSES
 from synth_qwen.settings import (KickoffSettings, SettingsError, exit_usage, install_sigterm_as_interrupt,
                                  learning_api_key, learning_base_url, load)
 from synth_qwen.sft_format import validate_jsonl
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 124, 130
 POLL_FAILURES_BEFORE_WARNING = 3
 
@@ -43,10 +44,7 @@ def read_state(path: Path) -> dict:
 
 
 def write_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(state, indent=2))
-    temporary.replace(path)
+    write_text_atomic(path, json.dumps(state, indent=2))
 
 
 def file_digest(path: Path) -> str:
@@ -191,7 +189,7 @@ def follow(client: openai.OpenAI, s: KickoffSettings, job_id: str, state_path: P
                 state.update(job_id=job_id, status=job.status, fine_tuned_model=job.fine_tuned_model,
                              trained_tokens=job.trained_tokens)
                 write_state(state_path, state)
-        if job is not None and job.status in TERMINAL:
+        if job is not None and job.status in TERMINAL_STATUSES:
             for event in new_events(client, job_id, seen):
                 say(event_line(event))
             return job, time.monotonic() - start

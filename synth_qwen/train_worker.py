@@ -1,8 +1,8 @@
 """Training subprocess of `serve`: `python -m synth_qwen.train_worker JOB_DIR`.
 
-Reads JOB_DIR/spec.json (written by serve), trains with TRL's SFTTrainer and reports progress
-as JSON lines on stdout ({"type": "event"|"metrics"|"checkpoint"|"result", ...}); anything else
-the libraries print goes to stderr (serve keeps it in JOB_DIR/worker.log).
+Reads JOB_DIR/spec.json (a `TrainingSpec`, written by serve), trains with TRL's SFTTrainer and
+reports progress as JSON lines on stdout (a `WorkerMessage` each: event, metrics, checkpoint, result
+or error); anything else the libraries print goes to stderr (serve keeps it in JOB_DIR/worker.log).
 
 Loss falls only on assistant turns with weight 1: examples are pre-tokenized here into
 `input_ids` + `labels` (-100 over system/user/tool text and over weight-0 assistant turns),
@@ -18,6 +18,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from synth_qwen.serve_store import Hyperparameters, ModelSpec
 
 # Training defaults per base-model kind; "auto" hyperparameters resolve from here.
 TRAINING_DEFAULTS = {
@@ -28,10 +33,79 @@ TRAINING_DEFAULTS = {
 }
 LORA_ALPHA_PER_RANK = 2
 LOGS_PER_RUN = 50  # metrics events per job, whatever its length
-METRICS_COLUMNS = ["step", "epoch", "train_loss", "train_mean_token_accuracy", "learning_rate", "elapsed_s"]
 
 
+# ---------------------------------------------------------------------------------------
+# What serve and the worker say to each other
 
+class TrainingSpec(BaseModel):
+    """JOB_DIR/spec.json: the job as serve resolved it."""
+    job_id: str
+    model: str  # the model the job asked for (named in the log)
+    base: ModelSpec  # what that model trains from (serve.training_base)
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters  # resolved: numbers only
+    seed: int
+    device: str  # SERVE_DEVICE
+    max_seq_len: int
+    lora_rank: int
+    output_dir: str
+
+
+class StepMetrics(BaseModel):
+    """One logged training step: a row of JOB_DIR/metrics.csv (columns in this order), a metrics event."""
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # a diverged run's loss stays NaN, not null
+    step: int
+    epoch: float
+    train_loss: float
+    train_mean_token_accuracy: float | None = None
+    learning_rate: float | None = None
+    elapsed_s: float
+
+
+class WorkerEvent(BaseModel):
+    type: Literal["event"] = "event"
+    message: str
+    level: str = "info"
+
+
+class WorkerMetrics(BaseModel):
+    type: Literal["metrics"] = "metrics"
+    data: StepMetrics
+    total_steps: int
+
+
+class WorkerCheckpoint(BaseModel):
+    type: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str
+    metrics: StepMetrics | None = None  # the last logged step, if any was logged yet
+
+
+class WorkerResult(BaseModel):
+    type: Literal["result"] = "result"
+    trained_tokens: int
+    output_dir: str
+    metrics_csv: str
+    train_seconds: float
+    tokens_per_second: float
+    steady_tokens_per_second: float
+    adapter: bool  # output_dir holds a LoRA adapter, else full weights
+
+
+class WorkerError(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+
+
+WorkerMessage = Annotated[WorkerEvent | WorkerMetrics | WorkerCheckpoint | WorkerResult | WorkerError,
+                          Field(discriminator="type")]
+WORKER_MESSAGE = TypeAdapter(WorkerMessage)  # WORKER_MESSAGE.validate_json(line) -> one of the above
+
+
+# ---------------------------------------------------------------------------------------
+# Device and hyperparameters
 
 def resolve_device(device: str) -> str:
     """SERVE_DEVICE=auto -> cuda when torch sees a GPU, else cpu."""
@@ -49,16 +123,14 @@ def auto_epochs(n_examples: int) -> int:
     return 3
 
 
-def resolve_hyperparameters(requested: dict, kind: str, n_examples: int) -> dict:
-    defaults = TRAINING_DEFAULTS[kind]
+def resolve_hyperparameters(requested: Hyperparameters, kind: str, n_examples: int) -> Hyperparameters:
+    def pick(value, fallback):
+        return fallback if value == "auto" else value
 
-    def pick(name, fallback):
-        value = requested.get(name, "auto")
-        return fallback if value in (None, "auto") else value
-
-    return {"n_epochs": int(pick("n_epochs", auto_epochs(n_examples))),
-            "batch_size": int(pick("batch_size", defaults["batch_size"])),
-            "learning_rate_multiplier": float(pick("learning_rate_multiplier", 1.0))}
+    return Hyperparameters(
+        n_epochs=int(pick(requested.n_epochs, auto_epochs(n_examples))),
+        batch_size=int(pick(requested.batch_size, TRAINING_DEFAULTS[kind]["batch_size"])),
+        learning_rate_multiplier=float(pick(requested.learning_rate_multiplier, 1.0)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,35 +195,35 @@ class Reporter:
         self.out = os.fdopen(os.dup(1), "w", buffering=1)
         os.dup2(2, 1)
 
-    def send(self, kind: str, **fields) -> None:
-        self.out.write(json.dumps({"type": kind, **fields}) + "\n")
+    def send(self, message: BaseModel) -> None:
+        self.out.write(message.model_dump_json() + "\n")
 
     def event(self, message: str, level: str = "info") -> None:
-        self.send("event", message=message, level=level)
+        self.send(WorkerEvent(message=message, level=level))
 
 
-def load_base(spec: dict, reporter: Reporter):
-    """(model, tokenizer, training chat template, kind) for the job's base model."""
+def load_base(spec: TrainingSpec, reporter: Reporter):
+    """(model, tokenizer, training chat template) for the job's base model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = spec["base"]
-    if base["kind"] == "tiny":
+    base = spec.base
+    if base.kind == "tiny":
         from synth_qwen import tiny_model
 
-        path = tiny_model.ensure(base["data_dir"], base["size"])
+        path = tiny_model.ensure(base.data_dir, base.size)
         training_template = tiny_model.chat_template("training")
     else:
-        path = base["path"]
-    if base.get("init_path") and not base.get("init_adapter"):
-        path = base["init_path"]  # a fine-tuned model's full weights (the tiny model's jobs)
-    local_only = not base.get("allow_download", False)
+        path = base.path
+    if base.init_path and not base.init_adapter:
+        path = base.init_path  # a fine-tuned model's full weights (the tiny model's jobs)
+    local_only = not base.allow_download
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype="auto")
-    if base.get("init_adapter"):  # a fine-tuned adapter trains on (no new adapter on top)
+    if base.init_adapter:  # a fine-tuned adapter trains on (no new adapter on top)
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, base["init_path"], is_trainable=True)
-    if base["kind"] != "tiny":
+        model = PeftModel.from_pretrained(model, base.init_path, is_trainable=True)
+    if base.kind != "tiny":
         from trl.chat_template_utils import get_training_chat_template
 
         training_template = get_training_chat_template(tokenizer) or tokenizer.chat_template
@@ -160,11 +232,11 @@ def load_base(spec: dict, reporter: Reporter):
                                "cannot restrict the loss to assistant turns")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    reporter.event(f"Loaded base model {base.get('name', path)} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    reporter.event(f"Loaded base model {spec.model} ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return model, tokenizer, training_template
 
 
-def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
+def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
     from transformers import TrainerCallback
 
     cancel_flag = job_dir / "cancel"
@@ -172,22 +244,22 @@ def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
     metrics_path = job_dir / "metrics.csv"
     started = time.time()
     with open(metrics_path, "w", newline="") as handle:
-        csv.writer(handle).writerow(METRICS_COLUMNS)
+        csv.writer(handle).writerow(StepMetrics.model_fields)
 
     class Progress(TrainerCallback):
-        last_metrics: dict = {}
+        last_metrics: StepMetrics | None = None
         first_step = last_step = None  # (time, tokens seen) after the first and the latest step
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
                 return
-            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), "train_loss": logs["loss"],
-                   "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
-                   "learning_rate": logs.get("learning_rate"), "elapsed_s": round(time.time() - started, 2)}
+            row = StepMetrics(step=state.global_step, epoch=round(state.epoch or 0, 3), train_loss=logs["loss"],
+                              train_mean_token_accuracy=logs.get("mean_token_accuracy"),
+                              learning_rate=logs.get("learning_rate"), elapsed_s=round(time.time() - started, 2))
             self.last_metrics = row
             with open(metrics_path, "a", newline="") as handle:
-                csv.writer(handle).writerow([row[column] for column in METRICS_COLUMNS])
-            reporter.send("metrics", data=row, total_steps=state.max_steps)
+                csv.writer(handle).writerow(row.model_dump().values())
+            reporter.send(WorkerMetrics(data=row, total_steps=state.max_steps))
 
         def on_step_end(self, args, state, control, **kwargs):
             self.last_step = (time.perf_counter(), state.num_input_tokens_seen)
@@ -203,7 +275,7 @@ def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
             folder = job_dir / "checkpoints" / f"step-{state.global_step}"
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
-            reporter.send("checkpoint", step=state.global_step, path=str(folder), metrics=self.last_metrics)
+            reporter.send(WorkerCheckpoint(step=state.global_step, path=str(folder), metrics=self.last_metrics))
 
         def steady_tokens_per_second(self) -> float | None:
             """Tokens/s after the first step (which pays one-time warm-up), up to the last one."""
@@ -214,70 +286,70 @@ def make_callback(spec: dict, reporter: Reporter, tokenizer, job_dir: Path):
     return Progress()
 
 
-def train(spec: dict, job_dir: Path, reporter: Reporter) -> None:
+def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer, training_template = load_base(spec, reporter)
-    defaults = TRAINING_DEFAULTS[spec["base"]["kind"]]
-    hyper = spec["hyperparameters"]
-    examples = read_jsonl(spec["training_file"])
-    rows = [encode_example(tokenizer, training_template, example, spec["max_seq_len"]) for example in examples]
-    truncated = sum(len(row["input_ids"]) == spec["max_seq_len"] for row in rows)
+    defaults = TRAINING_DEFAULTS[spec.base.kind]
+    hyper = spec.hyperparameters
+    examples = read_jsonl(spec.training_file)
+    rows = [encode_example(tokenizer, training_template, example, spec.max_seq_len) for example in examples]
+    truncated = sum(len(row["input_ids"]) == spec.max_seq_len for row in rows)
     tokens_per_epoch = sum(len(row["input_ids"]) for row in rows)
     reporter.event(f"Tokenized {len(rows)} examples ({tokens_per_epoch:,} tokens"
-                   + (f", {truncated} truncated to {spec['max_seq_len']}" if truncated else "") + ")",
+                   + (f", {truncated} truncated to {spec.max_seq_len}" if truncated else "") + ")",
                    level="warn" if truncated else "info")
     eval_rows = None
-    if spec.get("validation_file"):
-        eval_rows = [encode_example(tokenizer, training_template, example, spec["max_seq_len"])
-                     for example in read_jsonl(spec["validation_file"])]
+    if spec.validation_file:
+        eval_rows = [encode_example(tokenizer, training_template, example, spec.max_seq_len)
+                     for example in read_jsonl(spec.validation_file)]
 
-    device = resolve_device(spec["device"])
+    device = resolve_device(spec.device)
     cpu = device == "cpu"
-    steps_per_epoch = -(-len(rows) // hyper["batch_size"])
+    steps_per_epoch = -(-len(rows) // hyper.batch_size)
     config = SFTConfig(
-        output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper["batch_size"],
-        per_device_eval_batch_size=hyper["batch_size"], num_train_epochs=hyper["n_epochs"],
-        learning_rate=defaults["learning_rate"] * hyper["learning_rate_multiplier"],
-        warmup_steps=defaults["warmup_steps"], weight_decay=defaults["weight_decay"], seed=spec["seed"],
-        logging_steps=max(1, steps_per_epoch * hyper["n_epochs"] // LOGS_PER_RUN), save_strategy="no",
+        output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper.batch_size,
+        per_device_eval_batch_size=hyper.batch_size, num_train_epochs=hyper.n_epochs,
+        learning_rate=defaults["learning_rate"] * hyper.learning_rate_multiplier,
+        warmup_steps=defaults["warmup_steps"], weight_decay=defaults["weight_decay"], seed=spec.seed,
+        logging_steps=max(1, steps_per_epoch * hyper.n_epochs // LOGS_PER_RUN), save_strategy="no",
         eval_strategy="epoch" if eval_rows else "no", report_to="none", disable_tqdm=True,
         use_cpu=cpu, bf16=not cpu and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=defaults["gradient_checkpointing"] and not cpu,
         max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding")  # feeds the steady-state tokens/s
     peft_config = None
-    if defaults["method"] == "lora" and not spec["base"].get("init_adapter"):
+    if defaults["method"] == "lora" and not spec.base.init_adapter:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=spec["lora_rank"], lora_alpha=LORA_ALPHA_PER_RANK * spec["lora_rank"],
+        peft_config = LoraConfig(r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank,
                                  target_modules="all-linear", lora_dropout=0.05, task_type="CAUSAL_LM")
-    progress = make_callback(spec, reporter, tokenizer, job_dir)
+    progress = make_callback(reporter, tokenizer, job_dir)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
-    reporter.event(f"Training: {hyper['n_epochs']} epochs x {steps_per_epoch} steps, batch {hyper['batch_size']}, "
-                   f"{'LoRA r=' + str(spec['lora_rank']) if defaults['method'] == 'lora' else 'full fine-tune'}, device {device}")
+    reporter.event(f"Training: {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch {hyper.batch_size}, "
+                   f"{'LoRA r=' + str(spec.lora_rank) if defaults['method'] == 'lora' else 'full fine-tune'}, device {device}")
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     epochs_run = trainer.state.epoch or 0
-    output_dir = Path(spec["output_dir"])
+    output_dir = Path(spec.output_dir)
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
     trained_tokens = int(tokens_per_epoch * epochs_run)
-    reporter.send("result", trained_tokens=trained_tokens, output_dir=str(output_dir),
-                  metrics_csv=str(job_dir / "metrics.csv"), train_seconds=round(seconds, 2),
-                  tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
-                  steady_tokens_per_second=round(progress.steady_tokens_per_second() or 0, 1),
-                  adapter=defaults["method"] == "lora")
+    reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
+                               metrics_csv=str(job_dir / "metrics.csv"), train_seconds=round(seconds, 2),
+                               tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
+                               steady_tokens_per_second=round(progress.steady_tokens_per_second() or 0, 1),
+                               adapter=defaults["method"] == "lora"))
 
 
 def main() -> None:
     job_dir = Path(sys.argv[1])
-    spec = json.loads((job_dir / "spec.json").read_text())
+    spec = TrainingSpec.model_validate_json((job_dir / "spec.json").read_text())
     reporter = Reporter()
     try:
         train(spec, job_dir, reporter)
@@ -285,7 +357,7 @@ def main() -> None:
         import traceback
 
         traceback.print_exc()
-        reporter.send("error", message=f"{type(error).__name__}: {error}")
+        reporter.send(WorkerError(message=f"{type(error).__name__}: {error}"))
         raise SystemExit(1)
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from synth_qwen import action_schema, crafter_env
+from synth_qwen.job_status import TERMINAL_STATUSES
 from synth_qwen.observation import observe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def wait_for_job(client, job_id: str, timeout_s: float = 240):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
+        if job.status in TERMINAL_STATUSES:
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s")

@@ -47,21 +47,23 @@ def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
     dropped when done answer exactly as `model.generate` (greedy) and as a solo run (sampled, seeded)."""
     import torch
 
-    from synth_qwen.inference_worker import Batch, Models, generate_batch, prompt_ids
+    from synth_qwen.inference_worker import Batch, ChatRequest, Models, generate_batch, prompt_ids
+    from synth_qwen.serve_store import ModelSpec
 
-    model, tokenizer, stop_ids, _ = Models(1, "cpu").get({"key": "t", "kind": "tiny", "size": "micro",
-                                                          "data_dir": str(tmp_path)})
+    spec = ModelSpec(key="t", kind="tiny", size="micro", data_dir=str(tmp_path))
+    loaded = Models(1, "cpu").get(spec)
+    model, tokenizer, stop_ids = loaded.model, loaded.tokenizer, loaded.stop_ids
     examples = crafter_examples(12, seed=5)
-    requests = [{"id": i, "messages": examples[i * 5]["messages"][:-1], "tools": examples[i * 5]["tools"],
-                 "max_tokens": 6 + 5 * i, "temperature": 0} for i in range(3)]
+    requests = [ChatRequest(id=i, model=spec, messages=examples[i * 5]["messages"][:-1], tools=examples[i * 5]["tools"],
+                            max_tokens=6 + 5 * i, temperature=0) for i in range(3)]
     for request, answer in zip(requests, generate_batch(model, tokenizer, stop_ids, requests, "cpu")):
         ids = torch.tensor([prompt_ids(tokenizer, request)])
         expected = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                  max_new_tokens=request["max_tokens"], eos_token_id=stop_ids)[0, ids.shape[1]:]
-        assert answer["usage"]["completion_tokens"] == len(expected)
-        assert answer["message"]["content"] == (tokenizer.decode(expected, skip_special_tokens=True).strip() or None)
+                                  max_new_tokens=request.max_tokens, eos_token_id=stop_ids)[0, ids.shape[1]:]
+        assert answer.usage.completion_tokens == len(expected)
+        assert answer.message["content"] == (tokenizer.decode(expected, skip_special_tokens=True).strip() or None)
 
-    sampled = [{**request, "temperature": 1.0, "seed": 40 + i} for i, request in enumerate(requests)]
+    sampled = [request.model_copy(update={"temperature": 1.0, "seed": 40 + i}) for i, request in enumerate(requests)]
     solo = [generate_batch(model, tokenizer, stop_ids, [request], "cpu")[0] for request in sampled]
     batch, answers = Batch(model, tokenizer, stop_ids), []
     batch.add(sampled[2])
@@ -70,4 +72,4 @@ def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
     batch.add(sampled[1])
     while batch.rows:
         answers += batch.step()
-    assert sorted(answers, key=lambda answer: answer["id"]) == solo
+    assert sorted(answers, key=lambda answer: answer.id) == solo

@@ -1,0 +1,37 @@
+"""atomic_file: readers of a target see the old file or the whole new one, never half of one."""
+import pytest
+
+from synth_qwen.atomic_file import AtomicFile, write_text_atomic
+
+
+def test_a_streamed_file_appears_only_on_commit(tmp_path):
+    target = tmp_path / "out" / "sft.jsonl"  # the folder is created
+    writer = AtomicFile(target)
+    writer.write('{"a": 1}\n')
+    writer.write('{"a": 2}\n')
+    assert not target.exists()
+    [temp] = (tmp_path / "out").glob(".sft.jsonl.*.partial")  # hidden, beside the target
+    writer.commit()
+    assert target.read_text() == '{"a": 1}\n{"a": 2}\n' and not temp.exists()
+    writer.discard()  # a no-op after commit
+    assert target.exists()
+
+
+def test_a_discarded_file_leaves_the_old_one(tmp_path):
+    target = tmp_path / "sft.jsonl"
+    target.write_text("old\n")
+    writer = AtomicFile(target)
+    writer.write("new\n")
+    writer.discard()
+    assert target.read_text() == "old\n" and [path.name for path in tmp_path.iterdir()] == ["sft.jsonl"]
+
+
+def test_write_text_atomic_is_all_or_nothing(tmp_path):
+    target = tmp_path / "state.json"
+    write_text_atomic(target, '{"job_id": "ftjob-1"}')
+    write_text_atomic(target, '{"job_id": "ftjob-2"}')
+    assert target.read_text() == '{"job_id": "ftjob-2"}'
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(target, '{"job_id": "\ud800"}')  # a lone surrogate has no UTF-8: the write fails
+    assert target.read_text() == '{"job_id": "ftjob-2"}'
+    assert [path.name for path in tmp_path.iterdir()] == ["state.json"]
