@@ -212,12 +212,17 @@ async def create_file(request: web.Request) -> web.Response:
         temp.unlink(missing_ok=True)
 
 
+def found_or_404(request: web.Request, kind: str, id_param: str, get):
+    """What `get` finds for the id in the URL, or a 404 naming what was missing."""
+    wanted = request.match_info[id_param]
+    found = get(wanted)
+    if found is None:
+        raise not_found(kind, wanted)
+    return found
+
+
 def get_file_or_404(request: web.Request) -> dict:
-    file_id = request.match_info["file_id"]
-    meta = request.app["store"].get_file(file_id)
-    if meta is None:
-        raise not_found("file", file_id)
-    return meta
+    return found_or_404(request, "file", "file_id", request.app["store"].get_file)
 
 
 async def list_files(request: web.Request) -> web.Response:
@@ -449,11 +454,7 @@ def worker_env() -> dict:
 
 
 def get_job_or_404(request: web.Request) -> FineTuningJob:
-    job_id = request.match_info["job_id"]
-    job = request.app["store"].get_job(job_id)
-    if job is None:
-        raise not_found("fine-tuning job", job_id)
-    return job
+    return found_or_404(request, "fine-tuning job", "job_id", request.app["store"].get_job)
 
 
 async def list_jobs(request: web.Request) -> web.Response:

@@ -24,13 +24,6 @@ ONE_EPOCH = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("serve") / "data", serve_tiny_size="micro").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server):
     return OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
 

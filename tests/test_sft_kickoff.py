@@ -9,16 +9,9 @@ from aiohttp import ClientSession, web
 
 from rollout_helpers import rollout_env, run_module
 from synth_qwen.tiny_model import TINY_MODEL_ID
-from serve_helpers import Server, crafter_examples, write_jsonl
+from serve_helpers import crafter_examples, write_jsonl
 
 TINY = TINY_MODEL_ID
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("kickoff") / "data", serve_tiny_size="micro").start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
