@@ -70,3 +70,16 @@ def test_a_v1_database_is_upgraded_and_its_failures_classified(tmp_path):
     assert tracing.sessions(engine)[0].never_reached_policy and not tracing.sessions(engine)[1].never_reached_policy
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.max(tracing.schema_version.c.version))).scalar() == tracing.SCHEMA_VERSION
+
+
+def test_an_interrupt_never_turns_a_finished_episode_back_into_an_incomplete_one(tmp_path):
+    """The final write of an episode can land while the run is being interrupted: it stays finished."""
+    engine = tracing.open_db(f"sqlite:///{tmp_path / 't.db'}")
+    register(engine, "sess_done", seed=1)
+    register(engine, "sess_cut", seed=2)
+    summary = {"status": "died", "total_reward": 0.0, "achievements": [], "num_achievements": 0, "env_steps": 0,
+               "turns": 0, "invalid_turns": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    tracing.finish_session(engine, "sess_done", summary, [], [], [])
+    tracing.mark_incomplete(engine, ["sess_done", "sess_cut"], "interrupted")
+    found = {s.session_id: (s.status, s.status_reason) for s in tracing.sessions(engine)}
+    assert found == {"sess_done": ("died", None), "sess_cut": ("incomplete", "interrupted")}
