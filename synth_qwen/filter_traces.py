@@ -384,9 +384,13 @@ def funnel_text(f: Funnel) -> str:
 # The run
 
 def stream_sessions(conn):
-    """Every session row, oldest first, fetched in batches (memory stays flat as the DB grows)."""
-    query = sa.select(tracing.session_traces).order_by(tracing.session_traces.c.started_at,
-                                                       tracing.session_traces.c.session_id)
+    """Every session, fetched in batches (memory stays flat as the DB grows), in an order that does not
+    depend on which concurrent episode happened to start first: runs oldest first, then by seed. So the
+    same episodes always give the same JSONL, and training on it the same model."""
+    sessions, runs = tracing.session_traces, tracing.experiments
+    run_started = sa.func.coalesce(runs.c.created_at, sessions.c.started_at)
+    query = (sa.select(sessions).select_from(sessions.outerjoin(runs, runs.c.id == sessions.c.experiment_id))
+             .order_by(run_started, sessions.c.run_id, sessions.c.seed, sessions.c.session_id))
     for row in conn.execution_options(yield_per=256).execute(query):
         yield tracing.Session.from_row(row._mapping)
 

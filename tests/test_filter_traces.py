@@ -237,6 +237,22 @@ def test_dedup_drops_replays_of_the_same_episodes(tmp_path, capsys):
     assert report["duplicates_dropped"] == 0 and len(examples) == 20
 
 
+def test_the_same_episodes_give_the_same_file_whatever_order_they_started_in(tmp_path, capsys):
+    """Concurrent episodes register in any order; the JSONL (and so the fine-tuned model) must not."""
+    files = []
+    for name, blocks in (("together", [(1, 6)]), ("reversed", [(4, 3), (1, 3)])):
+        db = tmp_path / name / "traces.db"
+        db.parent.mkdir()
+        for first_seed, episodes in blocks:  # the second DB's seeds 4-6 start before 1-3
+            rollout(db, crafter_model="builtin:random", crafter_tool_mode="text", crafter_run_id="r",
+                    crafter_seed=first_seed, crafter_episodes=episodes, crafter_max_steps=4, crafter_concurrency=6)
+        code, _, examples = run_filter(capsys, db, tmp_path / name / "sft.jsonl", *OPEN)
+        assert code == 0
+        files.append([dict(e, metadata=dict(e["metadata"], session_id=None)) for e in examples])
+    assert [e["metadata"]["seed"] for e in files[0]] == sorted(e["metadata"]["seed"] for e in files[0])
+    assert files[0] == files[1]
+
+
 def test_validation_split_is_by_seed(mixed_db, tmp_path, capsys):
     code, report, train = run_filter(capsys, mixed_db, tmp_path / "sft.jsonl", *OPEN, "--validation-fraction", "0.5")
     validation = read_jsonl(tmp_path / "sft_val.jsonl")
