@@ -24,5 +24,9 @@ done
 su postgres -c "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='synth_test'\"" 2>/dev/null | grep -q 1 \
   || su postgres -c "psql -qc \"CREATE ROLE synth_test LOGIN PASSWORD 'synth_test' CREATEDB\"" >/dev/null 2>&1 \
   || { log "could not create the test role"; exit 0; }
+# A second role whose password is a canary: the tests grep every output for it (it must never show).
+su postgres -c "psql -tAc \"SELECT 1 FROM pg_roles WHERE rolname='synth_canary'\"" 2>/dev/null | grep -q 1 \
+  || su postgres -c "psql -qc \"CREATE ROLE synth_canary LOGIN PASSWORD 'canary-pw-5e1f0c' CREATEDB\"" >/dev/null 2>&1 \
+  || log "could not create the canary role; the redaction test will skip"
 port=$(pg_lsclusters -h | awk -v v="$version" '$1==v && $2=="main" {print $3}')
 echo "postgresql://synth_test:synth_test@127.0.0.1:${port:-5432}/postgres"

@@ -27,7 +27,7 @@ from synth_qwen.replay import replay_to_file
 from synth_qwen.rollout import new_run_id
 from synth_qwen.tracing import Session
 from synth_qwen.settings import (BUILTIN_POLICIES, EvalSettings, SettingsError, exit_usage, inference_base_url,
-                                 install_sigterm_as_interrupt, load)
+                                 install_sigterm_as_interrupt, load, redact)
 
 PLOT_HINT = "pip install 'synth_qwen[plot]'"
 
@@ -83,7 +83,7 @@ def stored_runs(settings: EvalSettings) -> list[ModelRun]:
         sessions = tracing.sessions(engine, (column == wanted) | column.startswith(f"{wanted}-m", autoescape=True))
         if not sessions:
             exit_usage(f"EVAL_RUN_IDS: no sessions with run id {wanted!r} (or {wanted}-m0, -m1…) "
-                       f"in {settings.crafter_db_url}")
+                       f"in {redact(settings.crafter_db_url)}")
         by_run: dict[str, list[Session]] = {}
         for session in sessions:  # oldest first, so model 0 comes first
             by_run.setdefault(session.run_id, []).append(session)
@@ -172,7 +172,7 @@ def build_report(runs: list[ModelRun], name: str, run_ids: str, db_url: str) -> 
     models = [model_report(run) for run in runs]
     seed_sets = {tuple(m["seeds"]) for m in models}
     return {
-        "name": name, "run_ids": run_ids, "created_at": tracing.utc_now(), "db_url": db_url,
+        "name": name, "run_ids": run_ids, "created_at": tracing.utc_now(), "db_url": redact(db_url),
         "difficulty": sorted({s.difficulty for s in sessions}),
         "max_turns": sorted({s.metadata.get("max_turns") for s in sessions} - {None}),
         "actions_per_turn": sorted({s.metadata.get("actions_per_turn") for s in sessions} - {None}),
@@ -335,7 +335,7 @@ def main() -> int:
     playing = not settings.eval_run_ids
     try:
         if playing and any(model not in BUILTIN_POLICIES for model in settings.models):
-            console.print(f"endpoint {inference_base_url()}", highlight=False)
+            console.print(f"endpoint {redact(inference_base_url())}", highlight=False)
     except SettingsError as error:
         exit_usage(str(error))
     name = settings.eval_run_ids[0] if not playing else settings.eval_run_id or new_run_id("eval")
@@ -344,7 +344,7 @@ def main() -> int:
         last_seed = settings.eval_seed + settings.eval_episodes - 1
         console.print(f"evaluation {name}: {len(settings.models)} model(s) × {settings.eval_episodes} episodes on "
                       f"{settings.crafter_difficulty}, seeds {settings.eval_seed}..{last_seed}, "
-                      f"{settings.crafter_max_steps} turns each -> {settings.crafter_db_url}", highlight=False)
+                      f"{settings.crafter_max_steps} turns each -> {redact(settings.crafter_db_url)}", highlight=False)
         install_sigterm_as_interrupt()
         try:
             runs = play_models(settings, name)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import sys
 import unicodedata
 from collections import Counter
@@ -32,7 +31,7 @@ import sqlalchemy as sa
 
 from synth_qwen import tracing
 from synth_qwen.atomic_file import AtomicFile
-from synth_qwen.settings import FilterSettings, load
+from synth_qwen.settings import FilterSettings, load, redact
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
 from synth_qwen.tracing import LMEvent, Message, Session, Step
 
@@ -326,10 +325,6 @@ class Funnel:
         for name in ("candidates_reward", "kept_reward", "candidates_achievements", "kept_achievements"):
             data[name] = {str(k): v for k, v in sorted(data[name].items())}
         return data
-
-
-def redact(db_url: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", db_url)
 
 
 def histogram(title: str, candidates: Counter, kept: Counter, width: int = 30) -> list[str]:

@@ -18,7 +18,7 @@ from synth_qwen.action_schema import INTERACT_TOOL_NAME, interact_tool, system_p
 from synth_qwen.crafter_env import CrafterEnv
 from synth_qwen.observation import observe
 from synth_qwen.policy import BUILTIN_DECIDERS, BuiltinAgent, EndpointPolicy, Reply, actions_from_reply
-from synth_qwen.settings import BUILTIN_POLICIES, RolloutSettings, inference_api_key, inference_base_url
+from synth_qwen.settings import BUILTIN_POLICIES, RolloutSettings, inference_api_key, inference_base_url, redact
 from synth_qwen.tracing import LMEvent, Message, Session, Step
 
 INTERRUPTED = "interrupted before the episode ended"
@@ -198,7 +198,8 @@ class Runner:
     def pending_seeds(self) -> tuple[list[int], int, int]:
         """Seeds still to play in this run: (seeds, finished before, incomplete dropped)."""
         s = self.s
-        tracing.ensure_experiment(self.engine, self.run_id, self.purpose, s.model_dump(mode="json"))
+        config = dict(s.model_dump(mode="json"), crafter_db_url=redact(s.crafter_db_url))  # no password in the DB
+        tracing.ensure_experiment(self.engine, self.run_id, self.purpose, config)
         dropped = tracing.drop_incomplete(self.engine, self.run_id)
         done = tracing.finished_seeds(self.engine, self.run_id)
         wanted = [s.crafter_seed + i for i in range(s.crafter_episodes)]

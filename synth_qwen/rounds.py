@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from synth_qwen import stats
-from synth_qwen.filter_traces import redact
-from synth_qwen.settings import RoundsSettings, exit_usage, install_sigterm_as_interrupt, load
+from synth_qwen.settings import RoundsSettings, exit_usage, install_sigterm_as_interrupt, load, redact
 
 RANDOM = "builtin:random"
 

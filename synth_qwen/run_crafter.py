@@ -20,7 +20,7 @@ from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play
 from synth_qwen.rollout import new_run_id
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsError, exit_usage, inference_base_url,
-                                 install_sigterm_as_interrupt, load)
+                                 install_sigterm_as_interrupt, load, redact)
 
 
 def print_summary(summary: dict, run_id: str, settings: RolloutSettings) -> None:
@@ -54,12 +54,11 @@ def main() -> int:
     except SettingsError as error:
         exit_usage(str(error))
     run_id = settings.crafter_run_id or new_run_id()
-    where = settings.crafter_db_url
     console.print(f"run {run_id}: {settings.crafter_episodes} episodes of {settings.crafter_model} on "
                   f"{settings.crafter_difficulty}, seeds {settings.crafter_seed}..{settings.crafter_seed + settings.crafter_episodes - 1}, "
                   f"{settings.crafter_max_steps} turns each" +
-                  ("" if settings.crafter_model in BUILTIN_POLICIES else f", endpoint {inference_base_url()}") +
-                  f" -> {where}", highlight=False)
+                  ("" if settings.crafter_model in BUILTIN_POLICIES else f", endpoint {redact(inference_base_url())}") +
+                  f" -> {redact(settings.crafter_db_url)}", highlight=False)
     install_sigterm_as_interrupt()
     try:
         result = asyncio.run(play(settings, run_id, "rollout", "episodes"))
@@ -74,7 +73,7 @@ def main() -> int:
         settings.crafter_summary_json.write_text(json.dumps(dict(summary, run_id=run_id), indent=2))
     if result.played and result.unreachable == result.played:
         errors = {s.status_reason for s in result.sessions if s.status == "agent_error"}
-        console.print(f"error: no episode could reach the policy endpoint {inference_base_url()}: "
+        console.print(f"error: no episode could reach the policy endpoint {redact(inference_base_url())}: "
                       f"{sorted(errors)[0] if errors else 'unknown'}", highlight=False)
         return 1
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import tomllib
@@ -183,6 +184,14 @@ def normalize_db_url(url: str) -> str:
 
 
 DbUrl = Annotated[str, AfterValidator(normalize_db_url)]  # every stage's CRAFTER_DB_URL
+
+PASSWORD_IN_URL = re.compile(r"://([^:/@\s]+):[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Any URL's password as *** (postgresql://me:***@host/db): every line, report and stored config
+    that shows a URL passes through here."""
+    return PASSWORD_IN_URL.sub(r"://\1:***@", text)
 
 
 def check_http_url(url: str) -> str:

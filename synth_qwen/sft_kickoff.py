@@ -22,7 +22,7 @@ from openai.types.fine_tuning import FineTuningJob
 from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.job_status import TERMINAL_STATUSES
 from synth_qwen.settings import (KickoffSettings, SettingsError, exit_usage, install_sigterm_as_interrupt,
-                                 learning_api_key, learning_base_url, load)
+                                 learning_api_key, learning_base_url, load, redact)
 from synth_qwen.sft_format import validate_jsonl
 
 EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 124, 130
@@ -174,7 +174,7 @@ def follow(client: openai.OpenAI, s: KickoffSettings, job_id: str, state_path: P
             job = client.fine_tuning.jobs.retrieve(job_id)
             failures = 0
         except openai.NotFoundError:
-            say(f"error: job {job_id} does not exist at {learning_base_url()}")
+            say(f"error: job {job_id} does not exist at {redact(learning_base_url())}")
             raise SystemExit(EXIT_FAILED)
         except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
                 openai.RateLimitError) as error:

@@ -50,3 +50,44 @@ def test_builtin_policy_into_postgres(tmp_path, postgres_url):
     engine = tracing.open_db(postgres_url, create=False)
     assert {s.status for s in tracing.sessions(engine)} <= {"max_steps", "died"}
     engine.dispose()
+
+
+CANARY_PASSWORD, CANARY_KEY = "canary-pw-5e1f0c", "sk-canary-key-9d2b"  # the role ensure_postgres.sh creates
+
+
+@pytest.fixture
+def canary_url():
+    """A fresh database reached as the role whose password is the canary."""
+    server = SERVER_URL.replace("synth_test:synth_test@", f"synth_canary:{CANARY_PASSWORD}@")
+    try:
+        conn = psycopg.connect(server, autocommit=True)
+    except psycopg.OperationalError:
+        pytest.skip("the synth_canary role is missing (scripts/ensure_postgres.sh creates it)")
+    name = "synth_canary_" + uuid.uuid4().hex[:10]
+    with conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_no_password_or_key_in_any_output(tmp_path, canary_url):
+    """run_crafter and eval against a password-protected DB and a keyed endpoint: the password and the
+    key appear in no line printed, no report file and no row stored."""
+    with ScriptedEndpoint() as endpoint:
+        env = rollout_env(tmp_path, crafter_model="canary-model", crafter_episodes=2, crafter_max_steps=3,
+                          crafter_db_url=canary_url, openai_base_url=endpoint.base_url, openai_api_key=CANARY_KEY,
+                          eval_models="builtin:random canary-model", eval_episodes=2, eval_replays="false",
+                          eval_report_dir=str(tmp_path / "report"))
+        outputs = [run_module(module, env, tmp_path) for module in ("synth_qwen.run_crafter", "synth_qwen.eval")]
+    for done in outputs:
+        assert done.returncode == 0, done.stderr
+    texts = [done.stdout + done.stderr for done in outputs]
+    assert "synth_canary:***@" in texts[0] and "synth_canary:***@" in texts[1]  # the URL is shown, masked
+    texts += [path.read_text() for path in (tmp_path / "report").iterdir() if path.suffix in (".json", ".md")]
+    with psycopg.connect(canary_url) as conn:  # every text and JSON column of every table
+        for (table,) in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"):
+            texts += [json.dumps(row, default=str) for row in conn.execute(f"SELECT * FROM {table}")]
+    assert len(texts) > 10
+    leaks = [text[:200] for text in texts if CANARY_PASSWORD in text or CANARY_KEY in text]
+    assert leaks == []
