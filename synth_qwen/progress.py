@@ -13,7 +13,7 @@ from synth_qwen.rollout import RunResult, Runner
 from synth_qwen.settings import RolloutSettings
 from synth_qwen.tracing import Session
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line is never cut at 80 columns: commands stay copyable
 
 
 class RunProgress:

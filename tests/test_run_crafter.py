@@ -229,7 +229,8 @@ def test_ctrl_c_keeps_finished_episodes_and_prints_how_to_resume(tmp_path):
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert "CRAFTER_RUN_ID=stop-me python -m synth_qwen.run_crafter" in stderr
+    hint = "resume with: CRAFTER_RUN_ID=stop-me python -m synth_qwen.run_crafter   (same settings; finished episodes are kept)"
+    assert hint in stderr.splitlines()  # one whole line, not wrapped at 80 columns
     statuses = [s.status for s in db_sessions(db)]
     assert statuses.count("incomplete") >= 1 and len(statuses) - statuses.count("incomplete") >= 2
 
