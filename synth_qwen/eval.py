@@ -22,7 +22,7 @@ from rich.table import Table
 
 from synth_qwen import run_stats, stats, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS
-from synth_qwen.progress import console, play
+from synth_qwen.progress import EndpointUnreachable, console, play
 from synth_qwen.replay import replay_to_file
 from synth_qwen.rollout import new_run_id
 from synth_qwen.tracing import Session
@@ -348,6 +348,9 @@ def main() -> int:
         install_sigterm_as_interrupt()
         try:
             runs = play_models(settings, name)
+        except EndpointUnreachable as error:
+            console.print(f"error: {error}", highlight=False)
+            return 1
         except KeyboardInterrupt:
             console.print(f"\ninterrupted: finished episodes are saved. Resume with: EVAL_RUN_ID={name} "
                           f"python -m synth_qwen.eval   (same settings)", highlight=False)

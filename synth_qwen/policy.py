@@ -22,6 +22,7 @@ from synth_qwen.observation import Observation
 from synth_qwen.settings import RolloutSettings
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+PREFLIGHT_TIMEOUT_S = 5.0
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.5, 30.0
 
 
@@ -181,6 +182,23 @@ class EndpointPolicy:
 
     async def close(self):
         await self.client.close()
+
+
+async def endpoint_problem(base_url: str, api_key: str) -> str | None:
+    """One cheap call (GET /models) before any episode is played: None when the server answers
+    (even a 404: some servers have no model list), else why it cannot be used, as one line."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=PREFLIGHT_TIMEOUT_S)
+    try:
+        await client.models.list()
+    except openai.APIConnectionError as error:  # refused, unresolvable, timed out
+        return f"cannot connect ({type(error).__name__}: {short(str(error), 120)})"
+    except openai.AuthenticationError:
+        return "it refused the API key (HTTP 401): set OPENAI_API_KEY"
+    except openai.APIStatusError:
+        return None
+    finally:
+        await client.close()
+    return None
 
 
 def retry_after_seconds(response) -> float | None:

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from synth_qwen import run_stats
+from synth_qwen.policy import endpoint_problem
 from synth_qwen.rollout import RunResult, Runner
-from synth_qwen.settings import RolloutSettings
+from synth_qwen.settings import BUILTIN_POLICIES, RolloutSettings, inference_api_key, inference_base_url, redact
 from synth_qwen.tracing import Session
 
 console = Console(stderr=True, soft_wrap=True)  # a log line is never cut at 80 columns: commands stay copyable
@@ -62,8 +63,20 @@ class RunProgress:
                   file=sys.stderr, flush=True)
 
 
+class EndpointUnreachable(Exception):
+    """The policy endpoint failed the preflight call; the message says what to do."""
+
+
 async def play(settings: RolloutSettings, run_id: str, purpose: str, label: str) -> RunResult:
-    """Play every pending seed of the run with progress on the console (run_crafter and eval)."""
+    """Play every pending seed of the run with progress on the console (run_crafter and eval). An
+    endpoint model is called once first, so an endpoint that is not there costs a second, not a run."""
+    if settings.crafter_model not in BUILTIN_POLICIES:
+        problem = await endpoint_problem(inference_base_url(), inference_api_key())
+        if problem:
+            raise EndpointUnreachable(
+                f"the policy endpoint {redact(inference_base_url())} cannot be used: {problem}. Start one "
+                f"(python -m synth_qwen.serve, or vllm serve …) and point OPENAI_BASE_URL at its /v1, "
+                f"or play without one: CRAFTER_MODEL=builtin:expert")
     runner = Runner(settings, run_id, purpose)
     seeds, kept, dropped = runner.pending_seeds()
     if kept or dropped:

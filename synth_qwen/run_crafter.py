@@ -17,7 +17,7 @@ from rich.table import Table
 
 from synth_qwen import run_stats
 from synth_qwen.crafter_env import ACHIEVEMENTS
-from synth_qwen.progress import console, play
+from synth_qwen.progress import EndpointUnreachable, console, play
 from synth_qwen.rollout import new_run_id
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsError, exit_usage, inference_base_url,
                                  install_sigterm_as_interrupt, load, redact)
@@ -62,6 +62,9 @@ def main() -> int:
     install_sigterm_as_interrupt()
     try:
         result = asyncio.run(play(settings, run_id, "rollout", "episodes"))
+    except EndpointUnreachable as error:
+        console.print(f"error: {error}", highlight=False)
+        return 1
     except KeyboardInterrupt:
         console.print(f"\ninterrupted: finished episodes are saved; in-flight ones are marked incomplete.\n"
                       f"resume with: {resume_hint(run_id)}", highlight=False)

@@ -173,11 +173,20 @@ def test_a_model_that_only_answers_invalid_turns_stays_the_baseline(tmp_path):
     assert report["comparisons"][0]["baseline"] == "garbage-model"
 
 
-def test_nothing_evaluable_exits_1(tmp_path):
+def test_an_endpoint_that_is_not_there_stops_before_any_episode(tmp_path):
     done = run_eval(tmp_path, eval_models="model-a", eval_episodes=1, openai_base_url="http://127.0.0.1:9/v1",
                     crafter_max_retries=0, eval_report_dir=tmp_path / "r")
     assert done.returncode == 1
-    assert "nothing could be evaluated" in done.stderr
+    assert "error: the policy endpoint http://127.0.0.1:9/v1 cannot be used: cannot connect" in done.stderr
+    assert not (tmp_path / "r").exists() and db_sessions(tmp_path / "traces.db") == []
+
+
+def test_a_model_that_never_answers_is_left_out_and_nothing_evaluable_exits_1(tmp_path):
+    with ScriptedEndpoint(always="500") as endpoint:
+        done = run_eval(tmp_path, eval_models="model-a", eval_episodes=1, openai_base_url=endpoint.base_url,
+                        crafter_max_retries=0, eval_report_dir=tmp_path / "r")
+    assert done.returncode == 1
+    assert "left out of the report: it never answered" in done.stderr and "nothing could be evaluated" in done.stderr
 
 
 @pytest.mark.parametrize("name, value, expected", [

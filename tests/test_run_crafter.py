@@ -104,9 +104,11 @@ def test_a_call_that_keeps_failing_ends_the_episode_and_an_unreachable_run_exits
         assert s.status == "agent_error" and "HTTP 500" in s.status_reason and s.failure == tracing.CALL_FAILED
 
 
-def test_nothing_listening_exits_1_with_the_reason(tmp_path):
+def test_nothing_listening_exits_1_with_what_to_do_before_any_episode(tmp_path):
     done = run(tmp_path, None, openai_base_url="http://127.0.0.1:9/v1", crafter_max_retries=0)
     assert done.returncode == 1 and "APIConnectionError" in done.stderr
+    assert "python -m synth_qwen.serve" in done.stderr and "CRAFTER_MODEL=builtin:expert" in done.stderr
+    assert not (tmp_path / "traces.db").exists()  # nothing was played, so nothing was written
 
 
 # ---------------------------------------------------------------------------------------
