@@ -21,7 +21,7 @@ from aiohttp import web
 
 from synth_qwen import sft_format, train_worker
 from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
-from synth_qwen.job_status import ACTIVE_STATUSES
+from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, hyperparameter_problem, seed_problem
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
 from synth_qwen.settings import ServeSettings, load
@@ -34,10 +34,6 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import synth_
 CANCEL_GRACE_S = (10, 5)  # seconds to wait after the cancel flag, then after SIGTERM, before SIGKILL
 MAX_PAGE = 100
 JSON_SLACK_BYTES = 1 << 20  # non-upload bodies may exceed the upload limit by this much
-HYPERPARAMETER_RULES = {  # name -> (type, minimum)
-    "n_epochs": (int, 1), "batch_size": (int, 1), "learning_rate_multiplier": (float, 1e-9)}
-
-
 class ApiError(Exception):
     """Becomes an OpenAI-style `{"error": {...}}` response."""
 
@@ -258,15 +254,12 @@ def requested_hyperparameters(body: dict) -> Hyperparameters:
     supervised = method.get("supervised") or {}
     merged = {**(body.get("hyperparameters") or {}), **(supervised.get("hyperparameters") or {})}
     checked = {}
-    for name, (kind, minimum) in HYPERPARAMETER_RULES.items():
+    for name, (kind, _, _) in HYPERPARAMETER_RANGES.items():
         value = merged.get(name, "auto")
-        if value != "auto":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or \
-                    (kind is int and value != int(value)):
-                raise ApiError(400, f"hyperparameters.{name} must be 'auto' or a {kind.__name__} >= {minimum:g}; "
-                                    f"got {value!r}.", param=f"hyperparameters.{name}")
-            value = kind(value)
-        checked[name] = value
+        problem = hyperparameter_problem(name, value)
+        if problem:
+            raise ApiError(400, f"hyperparameters.{name} {problem}; got {value!r}.", param=f"hyperparameters.{name}")
+        checked[name] = value if value == "auto" else kind(value)
     return Hyperparameters(**checked)
 
 
@@ -296,17 +289,17 @@ async def create_job(request: web.Request) -> web.Response:
         raise ApiError(404, f"The model {model!r} does not exist here (set SERVE_ALLOW_DOWNLOAD=true to fetch "
                             "Hugging Face models).", param="model", code="model_not_found")
     hyperparameters = requested_hyperparameters(body)
-    training_file, _ = training_file_path(request, body, "training_file")
-    validation_file, _ = training_file_path(request, body, "validation_file")
     suffix = body.get("suffix")
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
         raise ApiError(400, "'suffix' must be a string of at most 64 characters.", param="suffix")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "'seed' must be an integer.", param="seed")
+    if seed is not None and seed_problem(seed):
+        raise ApiError(400, f"'seed' {seed_problem(seed)}.", param="seed")
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ApiError(400, "'metadata' must be a JSON object.", param="metadata")
+    training_file, _ = training_file_path(request, body, "training_file")  # the body is checked first, then files
+    validation_file, _ = training_file_path(request, body, "validation_file")
     job = FineTuningJob(id=new_id("ftjob"), created_at=now(), model=model, status="validating_files",
                         hyperparameters=hyperparameters, seed=seed if seed is not None else secrets.randbelow(2**31),
                         training_file=training_file, validation_file=validation_file, metadata=metadata, suffix=suffix)

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, computed_field
 
 from synth_qwen.atomic_file import write_text_atomic
-from synth_qwen.job_status import ACTIVE_STATUSES
+from synth_qwen.fine_tuning_api import ACTIVE_STATUSES
 
 ID_PATTERNS = {
     "file": re.compile(r"^file-[A-Za-z0-9]{1,64}$"),
@@ -107,7 +107,7 @@ class FineTuningJob(BaseModel):
     model: str
     fine_tuned_model: str | None = None
     organization_id: str = "org-local"
-    status: str  # one of job_status.ACTIVE_STATUSES + TERMINAL_STATUSES
+    status: str  # one of fine_tuning_api.ACTIVE_STATUSES + TERMINAL_STATUSES
     error: JobError | None = None
     hyperparameters: Hyperparameters
     seed: int

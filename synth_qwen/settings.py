@@ -318,6 +318,23 @@ class KickoffSettings(Settings):
     sft_cancel_on_interrupt: bool = False
     sft_force_new: bool = False  # ignore a matching job in the state file and start a new one
 
+    @field_validator("sft_n_epochs", "sft_batch_size", "sft_learning_rate_multiplier")
+    @classmethod
+    def _hyperparameter(cls, value, info):
+        from synth_qwen.fine_tuning_api import hyperparameter_problem  # the service's own rule, checked up front
+        problem = hyperparameter_problem(info.field_name.removeprefix("sft_"), value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("sft_seed")
+    @classmethod
+    def _seed(cls, value):
+        from synth_qwen.fine_tuning_api import seed_problem
+        if value is not None and seed_problem(value):
+            raise ValueError(seed_problem(value))
+        return value
+
     @field_validator("sft_extra_json", mode="before")
     @classmethod
     def _extra_json(cls, value):

@@ -20,7 +20,7 @@ import openai
 from openai.types.fine_tuning import FineTuningJob
 
 from synth_qwen.atomic_file import write_text_atomic
-from synth_qwen.job_status import TERMINAL_STATUSES
+from synth_qwen.fine_tuning_api import TERMINAL_STATUSES
 from synth_qwen.settings import (KickoffSettings, SettingsError, exit_usage, install_sigterm_as_interrupt,
                                  learning_api_key, learning_base_url, load, redact)
 from synth_qwen.sft_format import validate_jsonl

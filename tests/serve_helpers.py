@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from synth_qwen import action_schema, crafter_env
-from synth_qwen.job_status import TERMINAL_STATUSES
+from synth_qwen.fine_tuning_api import TERMINAL_STATUSES
 from synth_qwen.observation import observe
 
 REPO = Path(__file__).resolve().parents[1]

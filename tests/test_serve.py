@@ -224,6 +224,11 @@ def test_bad_requests_get_openai_style_errors(client, server):
         client.fine_tuning.jobs.retrieve("ftjob-doesnotexist")
     with pytest.raises(openai.BadRequestError, match="n_epochs"):
         client.fine_tuning.jobs.create(model=TINY, training_file="file-abc", hyperparameters={"n_epochs": 0})
+    for hyperparameters in ({"learning_rate_multiplier": 1e308}, {"batch_size": 10_000}, {"n_epochs": 2.5}):
+        with pytest.raises(openai.BadRequestError, match=next(iter(hyperparameters))):
+            client.fine_tuning.jobs.create(model=TINY, training_file="file-abc", hyperparameters=hyperparameters)
+    with pytest.raises(openai.BadRequestError, match="'seed' must be an integer from 0 to 4294967295"):
+        client.fine_tuning.jobs.create(model=TINY, training_file="file-abc", seed=10**30)
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model=TINY, messages=[])
 

@@ -135,6 +135,11 @@ def test_429_and_500_are_retried(tmp_path, server, training_jsonl):
     ("sft_extra_json", "{oops", "SFT_EXTRA_JSON='{oops' is invalid: not valid JSON"),
     ("learning_v2_base_url", "localhost:8000/api", "LEARNING_V2_BASE_URL='localhost:8000/api' is invalid"),
     ("sft_n_epochs", "many", "SFT_N_EPOCHS='many' is invalid"),
+    ("sft_n_epochs", "-1", "SFT_N_EPOCHS='-1' is invalid: must be 'auto' or an integer from 1 to 50"),
+    ("sft_batch_size", "0", "SFT_BATCH_SIZE='0' is invalid: must be 'auto' or an integer from 1 to 256"),
+    ("sft_learning_rate_multiplier", "-2", "SFT_LEARNING_RATE_MULTIPLIER='-2' is invalid: must be 'auto' or a number"),
+    ("sft_learning_rate_multiplier", "1e308", "SFT_LEARNING_RATE_MULTIPLIER='1e308' is invalid"),
+    ("sft_seed", str(10**30), "is invalid: must be an integer from 0 to 4294967295"),
     ("qwen_training_jsonl", "missing.jsonl", "QWEN_TRAINING_JSONL='missing.jsonl' is invalid: no such file"),
 ])
 def test_bad_settings_exit_2_with_one_line(tmp_path, training_jsonl, name, value, expected):
