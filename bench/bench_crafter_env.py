@@ -13,27 +13,27 @@ import crafter
 from synth_qwen.crafter_env import ACTIONS, CrafterEnv
 
 
-def steps_per_second(env, actions) -> float:
+def steps_per_second(start, step_done, actions) -> float:
     """Step time only: world generation after a death is timed by reset_ms, not here."""
-    env.start()
+    start()
     elapsed = 0.0
     for action in actions:
-        start = time.perf_counter()
-        result = env.act(int(action))
-        elapsed += time.perf_counter() - start
-        if result[2] if isinstance(result, tuple) else result.done:
-            env.start()
+        begin = time.perf_counter()
+        done = step_done(int(action))
+        elapsed += time.perf_counter() - begin
+        if done:
+            start()
     return len(actions) / elapsed
 
 
-def reset_ms(make_env, count: int) -> tuple[float, float]:
+def reset_ms(make_start, count: int) -> tuple[float, float]:
     """(first reset, median of the rest) in ms; the first includes numba's JIT compile."""
     times = []
     for seed in range(count):
-        env = make_env(seed)
-        start = time.perf_counter()
-        env.start()
-        times.append((time.perf_counter() - start) * 1000)
+        start_episode = make_start(seed)
+        begin = time.perf_counter()
+        start_episode()
+        times.append((time.perf_counter() - begin) * 1000)
     return times[0], statistics.median(times[1:])
 
 
@@ -43,10 +43,12 @@ def main():
     parser.add_argument("--resets", type=int, default=21)
     args = parser.parse_args()
     actions = np.random.RandomState(0).randint(len(ACTIONS), size=args.steps)
-    ours_reset = reset_ms(lambda seed: CrafterEnv(seed=seed), args.resets)
-    stock_reset = reset_ms(lambda seed: crafter.Env(seed=seed), args.resets)
-    stock = steps_per_second(crafter.Env(seed=1), actions)
-    ours = steps_per_second(CrafterEnv(seed=1), actions)
+    # stock plays through its gym API (an image every step); ours through start/act, as rollouts do
+    ours_reset = reset_ms(lambda seed: CrafterEnv(seed=seed).start, args.resets)
+    stock_reset = reset_ms(lambda seed: crafter.Env(seed=seed).reset, args.resets)
+    stock_env, ours_env = crafter.Env(seed=1), CrafterEnv(seed=1)
+    stock = steps_per_second(stock_env.reset, lambda action: stock_env.step(action)[2], actions)
+    ours = steps_per_second(ours_env.start, lambda action: ours_env.act(action).done, actions)
     print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
           f"{args.steps} random steps, {args.resets} resets")
     print("| env | steps/s | reset ms (first) | reset ms (median of rest) |")
