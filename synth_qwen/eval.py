@@ -22,12 +22,12 @@ from rich.table import Table
 
 from synth_qwen import run_stats, stats, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS
-from synth_qwen.progress import EndpointUnreachable, console, play
+from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.replay import replay_to_file
 from synth_qwen.rollout import new_run_id
-from synth_qwen.tracing import Session
 from synth_qwen.settings import (BUILTIN_POLICIES, EvalSettings, SettingsError, exit_usage, inference_base_url,
-                                 install_sigterm_as_interrupt, load, redact)
+                                 load, redact)
+from synth_qwen.tracing import Session
 
 PLOT_HINT = "pip install 'synth_qwen[plot]'"
 
@@ -345,16 +345,10 @@ def main() -> int:
         console.print(f"evaluation {name}: {len(settings.models)} model(s) × {settings.eval_episodes} episodes on "
                       f"{settings.crafter_difficulty}, seeds {settings.eval_seed}..{last_seed}, "
                       f"{settings.crafter_max_steps} turns each -> {redact(settings.crafter_db_url)}", highlight=False)
-        install_sigterm_as_interrupt()
-        try:
-            runs = play_models(settings, name)
-        except EndpointUnreachable as error:
-            console.print(f"error: {error}", highlight=False)
-            return 1
-        except KeyboardInterrupt:
-            console.print(f"\ninterrupted: finished episodes are saved. Resume with: EVAL_RUN_ID={name} "
-                          f"python -m synth_qwen.eval   (same settings)", highlight=False)
-            return 130
+        runs, stopped = play_until_stopped(lambda: play_models(settings, name),
+                                           f"EVAL_RUN_ID={name} python -m synth_qwen.eval   (same settings)")
+        if stopped:
+            return stopped
     else:
         if settings.eval_models:
             console.print("EVAL_RUN_IDS is set: EVAL_MODELS is ignored (the models come from the runs)",

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from synth_qwen import run_stats
 from synth_qwen.policy import endpoint_problem
 from synth_qwen.rollout import RunResult, Runner
-from synth_qwen.settings import BUILTIN_POLICIES, RolloutSettings, inference_api_key, inference_base_url, redact
+from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, inference_api_key, inference_base_url,
+                                 install_sigterm_as_interrupt, redact)
 from synth_qwen.tracing import Session
 
 console = Console(stderr=True, soft_wrap=True)  # a log line is never cut at 80 columns: commands stay copyable
@@ -84,3 +85,18 @@ async def play(settings: RolloutSettings, run_id: str, purpose: str, label: str)
                       f"{dropped} incomplete ones will be replayed", highlight=False)
     with RunProgress(len(seeds), label) as progress:
         return await runner.run(seeds, progress.turn_done, progress.episode_done)
+
+
+def play_until_stopped(play_all, resume: str):
+    """(what play_all() returns, None), or (None, exit code) after one line on why it stopped: 1 when
+    the endpoint failed its preflight, 130 on Ctrl-C or SIGTERM (with `resume`, the command that goes on)."""
+    install_sigterm_as_interrupt()
+    try:
+        return play_all(), None
+    except EndpointUnreachable as error:
+        console.print(f"error: {error}", highlight=False)
+        return None, 1
+    except KeyboardInterrupt:
+        console.print(f"\ninterrupted: finished episodes are saved; in-flight ones are marked incomplete.\n"
+                      f"resume with: {resume}", highlight=False)
+        return None, 130

@@ -17,10 +17,10 @@ from rich.table import Table
 
 from synth_qwen import run_stats
 from synth_qwen.crafter_env import ACHIEVEMENTS
-from synth_qwen.progress import EndpointUnreachable, console, play
+from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.rollout import new_run_id
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsError, exit_usage, inference_base_url,
-                                 install_sigterm_as_interrupt, load, redact)
+                                 load, redact)
 
 
 def print_summary(summary: dict, run_id: str, settings: RolloutSettings) -> None:
@@ -59,16 +59,10 @@ def main() -> int:
                   f"{settings.crafter_max_steps} turns each" +
                   ("" if settings.crafter_model in BUILTIN_POLICIES else f", endpoint {redact(inference_base_url())}") +
                   f" -> {redact(settings.crafter_db_url)}", highlight=False)
-    install_sigterm_as_interrupt()
-    try:
-        result = asyncio.run(play(settings, run_id, "rollout", "episodes"))
-    except EndpointUnreachable as error:
-        console.print(f"error: {error}", highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        console.print(f"\ninterrupted: finished episodes are saved; in-flight ones are marked incomplete.\n"
-                      f"resume with: {resume_hint(run_id)}", highlight=False)
-        return 130
+    result, stopped = play_until_stopped(lambda: asyncio.run(play(settings, run_id, "rollout", "episodes")),
+                                         resume_hint(run_id))
+    if stopped:
+        return stopped
     summary = run_stats.summarize(result.sessions, result.wall_s)
     print_summary(summary, run_id, settings)
     if settings.crafter_summary_json:
