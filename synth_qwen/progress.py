@@ -1,5 +1,6 @@
-"""What a rollout shows while it plays (run_crafter and eval): a rich bar on a terminal, one plain line
-per episode (and a heartbeat) in CI logs. Everything goes to stderr; stdout keeps the results."""
+"""A run on the console, for run_crafter and eval: the endpoint preflight, then a rich bar on a terminal
+or one plain line per episode (and a heartbeat) in CI logs, and one line on why a run stopped early.
+Everything goes to stderr; stdout keeps the results."""
 from __future__ import annotations
 
 import sys
