@@ -32,7 +32,7 @@ from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpo
 PREFIXES = ("/v1", "/api", "/api/v1")
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # workers import synth_qwen from here
 CANCEL_GRACE_S = (10, 5)  # seconds to wait after the cancel flag, then after SIGTERM, before SIGKILL
-MAX_PAGE = 100
+PAGE_LIMITS = {"files": (10_000, 10_000), "other": (20, 100)}  # (default, most) per OpenAI list endpoint
 JSON_SLACK_BYTES = 1 << 20  # non-upload bodies may exceed the upload limit by this much
 class ApiError(Exception):
     """Becomes an OpenAI-style `{"error": {...}}` response."""
@@ -105,13 +105,14 @@ async def json_body(request: web.Request, allow_empty: bool = False) -> dict:
     return body
 
 
-def page_args(request: web.Request) -> tuple[str | None, int]:
+def page_args(request: web.Request, listing: str = "other") -> tuple[str | None, int]:
+    default, most = PAGE_LIMITS[listing]
     try:
-        limit = int(request.query.get("limit", 20))
+        limit = int(request.query.get("limit", default))
     except ValueError:
         raise ApiError(400, "limit must be an integer", param="limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit must be between 1 and {most}", param="limit")
     return request.query.get("after"), limit
 
 
@@ -222,7 +223,7 @@ def get_file_or_404(request: web.Request) -> dict:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    after, limit = request.query.get("after"), int(request.query.get("limit", 10000))
+    after, limit = page_args(request, "files")
     files = request.app["store"].list_files(request.query.get("purpose"))
     return web.json_response(page(files, after, limit))
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -236,9 +237,16 @@ class Store:
 
 
 def read_job(folder: Path) -> FineTuningJob | None:
-    """None when the folder has no job.json; a corrupt one raises (serve never writes one)."""
-    saved = read_json(folder / "job.json")
-    return FineTuningJob.model_validate(saved) if saved else None
+    """None when the folder has no job.json, or one that cannot be read (serve never writes half a
+    file, but a disk or a hand can): that one is reported on stderr and skipped, never fatal."""
+    path = folder / "job.json"
+    try:
+        saved = read_json(path)
+        return FineTuningJob.model_validate(saved) if saved else None
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSON and validation errors are ValueErrors
+        print(f"warning: skipped {path}: unreadable ({type(error).__name__}: {str(error).splitlines()[0][:120]})",
+              file=sys.stderr, flush=True)
+        return None
 
 
 def page(items: list[dict], after: str | None, limit: int) -> dict:

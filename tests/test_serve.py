@@ -234,6 +234,9 @@ def test_bad_requests_get_openai_style_errors(client, server):
 
     status, body = http("POST", server.url + "/v1/chat/completions", b"{not json", {"Content-Type": "application/json"})
     assert status == 400 and body["error"]["code"] == "invalid_json"
+    for query in ("limit=abc", "limit=0", "limit=10001"):
+        status, body = http("GET", server.url + "/v1/files?" + query)
+        assert status == 400 and body["error"]["param"] == "limit", query
     for escaping in ("/v1/files/..%2F..%2Fmodels.json", "/v1/files/file-x%2F..%2F..%2Fetc",
                      "/v1/fine_tuning/jobs/..%2Ffiles", "/api/files/%2Fetc%2Fpasswd/content"):
         status, body = http("GET", server.url + escaping)
@@ -260,6 +263,18 @@ def test_auth_and_upload_limit(tmp_path):
         assert error.value.status_code == 413
         assert [f.id for f in right.files.list().data] == [small.id]
         assert "sk-secret" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_a_corrupt_job_json_does_not_stop_serve_from_starting(tmp_path):
+    folder = tmp_path / "data" / "jobs" / "ftjob-broken1"
+    folder.mkdir(parents=True)
+    (folder / "job.json").write_text('{"id": "ftjob-broken1", "status": ')  # truncated by hand
+    server = Server(tmp_path / "data", serve_tiny_size="micro").start()
+    try:
+        assert http("GET", server.url + "/v1/fine_tuning/jobs")[1]["data"] == []
+        assert "warning: skipped" in server.log() and "ftjob-broken1" in server.log()
     finally:
         server.stop()
 

@@ -133,6 +133,17 @@ def test_a_missing_job_is_none(tmp_path):
     assert Store(tmp_path).get_job("ftjob-nothere") is None
 
 
+@pytest.mark.parametrize("broken", ['{"id": "ftjob-abc123", "status": ', '{"id": "ftjob-abc123"}', b"\xff\xfe"])
+def test_an_unreadable_job_json_is_reported_and_skipped(tmp_path, capsys, broken):
+    store = Store(tmp_path)
+    good, bad = store.save_job(new_job("ftjob-good")), store.save_job(new_job("ftjob-bad"))
+    path = tmp_path / "jobs" / bad.id / "job.json"
+    path.write_bytes(broken if isinstance(broken, bytes) else broken.encode())  # truncated, incomplete, not UTF-8
+    assert store.get_job(bad.id) is None and [job.id for job in store.list_jobs()] == [good.id]
+    assert store.fail_interrupted_jobs() == [good.id]  # what serve does at start: the others still work
+    assert f"warning: skipped {path}: unreadable" in capsys.readouterr().err
+
+
 def test_events_and_checkpoints_list_newest_first(tmp_path):
     store = Store(tmp_path)
     job = store.save_job(new_job())
