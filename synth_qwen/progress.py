@@ -23,7 +23,7 @@ class RunProgress:
     HEARTBEAT_S = 20  # in plain mode, a line at least this often while turns are being played
 
     def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, []
+        self.total, self.label, self.done, self.means = total, label, 0, run_stats.RunningMeans()
         self.turns, self.started, self.last_line = 0, time.monotonic(), time.monotonic()
         self.bar = None
         if console.is_terminal and total:
@@ -40,28 +40,24 @@ class RunProgress:
         if self.bar:
             self.bar.stop()
 
-    def means(self) -> str:
-        summary = run_stats.summarize(self.done)
-        return (f"ach {summary['mean_achievements']:.2f} | reward {summary['mean_reward']:.2f} | "
-                f"invalid {summary['invalid_turn_pct']:.1f}% | tok/turn {summary['tokens_per_turn']:.0f}")
-
     def turn_done(self) -> None:
         self.turns += 1
         now = time.monotonic()
         if not self.bar and now - self.last_line >= self.HEARTBEAT_S:
             self.last_line = now
-            print(f"[{self.label}] {len(self.done)}/{self.total} episodes done, {self.turns} turns played, "
+            print(f"[{self.label}] {self.done}/{self.total} episodes done, {self.turns} turns played, "
                   f"{now - self.started:.0f}s", file=sys.stderr, flush=True)
 
     def episode_done(self, session: Session) -> None:
         self.last_line = time.monotonic()
-        self.done.append(session)
+        self.done += 1
+        self.means.add(session)
         if self.bar:
-            self.bar.update(self.task, advance=1, means=self.means())
+            self.bar.update(self.task, advance=1, means=self.means.line())
         else:
-            print(f"[{self.label} {len(self.done)}/{self.total}] seed={session.seed} "
+            print(f"[{self.label} {self.done}/{self.total}] seed={session.seed} "
                   f"status={session.status} achievements={session.num_achievements} "
-                  f"reward={session.total_reward:.1f} turns={session.turns} | means: {self.means()}",
+                  f"reward={session.total_reward:.1f} turns={session.turns} | means: {self.means.line()}",
                   file=sys.stderr, flush=True)
 
 

@@ -3,6 +3,7 @@ definitions) and `stats` (the intervals). run_crafter's summary, its progress li
 the rounds table all read these."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from statistics import mean
 from typing import Sequence
 
@@ -38,29 +39,55 @@ def success_rates_with_ci(episodes: Episodes) -> dict[str, dict]:
     return table
 
 
+@dataclass
+class RunningMeans:
+    """Sums over finished episodes, updated in O(1) per episode: the progress line reads them as each
+    episode ends (a full pass per episode would make a 100,000-episode run quadratic), `summarize` once."""
+    episodes: int = 0
+    achievements: int = 0
+    reward: float = 0.0
+    turns: int = 0
+    invalid_turns: int = 0
+    tokens: int = 0
+
+    def add(self, session: Session) -> None:
+        self.episodes += 1
+        self.achievements += session.num_achievements
+        self.reward += session.total_reward
+        self.turns += session.turns
+        self.invalid_turns += session.invalid_turns
+        self.tokens += session.prompt_tokens + session.completion_tokens
+
+    def line(self) -> str:
+        n, turns = self.episodes or 1, self.turns or 1
+        return (f"ach {self.achievements / n:.2f} | reward {self.reward / n:.2f} | "
+                f"invalid {100 * self.invalid_turns / turns:.1f}% | tok/turn {self.tokens / turns:.0f}")
+
+
 def summarize(sessions: Sequence[Session], wall_s: float = 0.0) -> dict:
     """The run's summary over its finished sessions (unfinished ones are left out)."""
     finished = [s for s in sessions if s.finished]
     n = len(finished) or 1
+    sums = RunningMeans()
+    for s in finished:
+        sums.add(s)
     rates = metrics.success_rates([s.achievements for s in finished])
-    turns = sum(s.turns for s in finished)
     costs = [s.cost_usd for s in finished]
     statuses: dict[str, int] = {}
     for s in finished:
         statuses[s.status] = statuses.get(s.status, 0) + 1
-    tokens = sum(s.prompt_tokens + s.completion_tokens for s in finished)
     return {
         "episodes": len(finished), "status_counts": statuses,
         "crafter_score": round(metrics.crafter_score(rates.values()), 3) if finished else None,
         "progression_pct": round(100 * sum(metrics.progression(s.achievements) for s in finished) / n, 2),
-        "mean_achievements": round(sum(s.num_achievements for s in finished) / n, 3),
-        "mean_reward": round(sum(s.total_reward for s in finished) / n, 3),
-        "mean_turns": round(turns / n, 2),
+        "mean_achievements": round(sums.achievements / n, 3),
+        "mean_reward": round(sums.reward / n, 3),
+        "mean_turns": round(sums.turns / n, 2),
         "mean_env_steps": round(sum(s.env_steps for s in finished) / n, 2),
-        "invalid_turn_pct": round(100 * sum(s.invalid_turns for s in finished) / (turns or 1), 2),
+        "invalid_turn_pct": round(100 * sums.invalid_turns / (sums.turns or 1), 2),
         "prompt_tokens": sum(s.prompt_tokens for s in finished),
         "completion_tokens": sum(s.completion_tokens for s in finished),
-        "tokens_per_turn": round(tokens / (turns or 1), 1),
+        "tokens_per_turn": round(sums.tokens / (sums.turns or 1), 1),
         "cost_usd": None if any(c is None for c in costs) else round(sum(costs), 6),
         "success_rates_pct": {name: round(rates[name], 1) for name in ACHIEVEMENTS},
         "wall_s": round(wall_s, 2),

@@ -91,3 +91,19 @@ def test_paired_difference_of_a_model_with_itself_is_exactly_zero():
 def test_paired_samples_must_pair_up():
     with pytest.raises(ValueError):
         stats.paired_difference_ci([1, 2, 3], [1, 2], mean)
+
+
+def test_the_progress_line_and_the_summary_agree():
+    from synth_qwen import run_stats
+    from synth_qwen.tracing import Session
+    sessions = [Session(session_id=f"s{i}", experiment_id="r", run_id="r", seed=i, difficulty="easy", policy="p",
+                        model="m", purpose="rollout", status="max_steps", total_reward=r, num_achievements=a,
+                        turns=t, invalid_turns=v, prompt_tokens=p, completion_tokens=c)
+                for i, (r, a, t, v, p, c) in enumerate([(1.5, 2, 10, 1, 900, 40), (0.0, 0, 4, 4, 300, 8)])]
+    means = run_stats.RunningMeans()
+    for session in sessions:
+        means.add(session)
+    summary = run_stats.summarize(sessions)
+    assert means.line() == "ach 1.00 | reward 0.75 | invalid 35.7% | tok/turn 89"
+    assert (summary["mean_achievements"], summary["mean_reward"], summary["invalid_turn_pct"],
+            summary["tokens_per_turn"]) == (1.0, 0.75, 35.71, 89.1)
