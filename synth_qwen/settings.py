@@ -554,3 +554,12 @@ class WorldStatsSettings(Settings):
     world_stats_worlds: int = Field(20, ge=1, le=10_000, description="worlds per preset for --stats")
     world_stats_episodes: int = Field(3, ge=1, le=1_000, description="random episodes per preset for the demo")
     world_stats_seed: int = Field(1, ge=0, lt=2**31 - 1, description="the demo's first seed")
+
+
+class ViewSettings(Settings):
+    """view: the trace browser, a local web page over the trace DB (read-only)."""
+
+    crafter_db_url: DbUrl = DEFAULT_DB_URL
+    view_host: str = "127.0.0.1"  # bind address; 0.0.0.0 shows your traces to the network
+    view_port: int = Field(8100, ge=0, le=65535)  # 0 = any free port (printed at start)
+    view_sft_jsonl: Path | None = None  # a filter_traces JSONL: mark the turns that became training examples

@@ -57,5 +57,26 @@ def paired_difference_ci(first: Sequence[Sample], second: Sequence[Sample],
     return bootstrap_ci(pairs, difference, **options)
 
 
+def paired_mean_difference_ci(differences: Sequence[float], resamples: int = RESAMPLES,
+                              confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+    """`paired_difference_ci` for a statistic that is a mean over episodes (progression), from the
+    per-seed differences: the same resamples, drawn in one numpy call, so 10,000 seeds take
+    a fraction of a second instead of minutes."""
+    if not differences:
+        raise ValueError("paired_mean_difference_ci needs at least one pair")
+    values = np.asarray(differences, dtype=float)
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([values[rng.integers(0, n, (rows, n))].mean(axis=1)  # in blocks: bounded memory
+                            for rows in block_sizes(resamples, max(1, 2_000_000 // n))])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def block_sizes(total: int, block: int) -> list[int]:
+    return [min(block, total - start) for start in range(0, total, block)]
+
+
 def excludes_zero(interval: tuple[float, float]) -> bool:
     return interval[0] > 0 or interval[1] < 0

@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy import JSON, Boolean, Column, Float, ForeignKey, Integer, String, Table, Text
@@ -286,6 +287,37 @@ def open_db(db_url: str, create: bool = True) -> sa.Engine:
                 raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
     ensure_schema(engine, create)
     return engine
+
+
+def open_readonly(db_url: str) -> sa.Engine:
+    """An engine that cannot write, for readers that must leave the DB as they found it (the view).
+    SQLite: the file opened with mode=ro and query_only; PostgreSQL: every transaction read-only.
+    Nothing is created or upgraded, so the schema must already be this code's version."""
+    path = sqlite_path(db_url)
+    if path is not None:
+        if not path.exists():
+            raise MissingDatabase(f"trace database {path} does not exist (CRAFTER_DB_URL={db_url})")
+        engine = sa.create_engine(f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true")
+        sa.event.listen(engine, "connect", _sqlite_readonly_pragmas)
+    else:
+        engine = sa.create_engine(sqlalchemy_url(db_url), pool_pre_ping=True,
+                                  connect_args={"options": "-c default_transaction_read_only=on"})
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("session_traces"):
+            raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
+        found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+    if found != SCHEMA_VERSION:
+        raise MissingDatabase(f"{db_url} has trace schema v{found}, this code reads v{SCHEMA_VERSION}: run a "
+                              f"module that writes it once (e.g. python -m synth_qwen.filter_traces --dry-run) "
+                              f"to upgrade it")
+    return engine
+
+
+def _sqlite_readonly_pragmas(dbapi_connection, _record):
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # a writer may be busy: wait, as the writers do
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
 
 
 def ensure_schema(engine: sa.Engine, create: bool = True) -> None:
