@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[train,plot,tokens,postgres,dev]' $(TORCH)
 	touch $@
 
-# The tests use a real PostgreSQL too: ensure_postgres.sh starts one (apt-installing it as root).
+# The tests use a real PostgreSQL too: ensure_postgres.sh starts one (apt-installing it as root);
+# and a real headless Chromium for the trace browser: ensure_chromium.sh apt-installs it as root.
 test: setup
+	bash scripts/ensure_chromium.sh
 	SYNTH_TEST_POSTGRES_URL="$$(bash scripts/ensure_postgres.sh)" $(PY) -m pytest -q
 
 quickstart: setup

@@ -63,3 +63,4 @@ OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1 LEARNING_V2_BASE_URL=http://127.0.0.1:
 stage done
 printf '\n== quickstart finished in %ss ==%b\n' $((SECONDS - START)) "$TIMES"
 echo "round table: $WORK/rounds.md   chart: $WORK/rounds.png   per-round reports: $WORK/eval/"
+echo "browse every episode turn by turn, with its frames: CRAFTER_DB_URL=$DB $PY -m synth_qwen.view   then open http://127.0.0.1:8100/"

@@ -16,6 +16,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from rich.console import Console
 from rich.table import Table
@@ -28,6 +29,7 @@ from synth_qwen.rollout import new_run_id
 from synth_qwen.settings import (BUILTIN_POLICIES, EvalSettings, SettingsError, exit_usage, inference_base_url,
                                  load, redact)
 from synth_qwen.tracing import Session
+from synth_qwen.view import browse_line
 
 PLOT_HINT = "pip install 'synth_qwen[plot]'"
 
@@ -180,7 +182,15 @@ def build_report(runs: list[ModelRun], name: str, run_ids: str, db_url: str) -> 
         "seeds": sorted({s.seed for s in sessions}), "same_seeds_for_every_model": len(seed_sets) == 1,
         "models": models,
         "comparisons": [comparison(runs[0], run) for run in runs[1:]],
+        "view": browse_line(db_url, view_path([run.run_id for run in runs])),
     }
+
+
+def view_path(run_ids: list[str]) -> str:
+    """The trace browser's page for these runs: the first two side by side, or the one run."""
+    if len(run_ids) >= 2:
+        return f"/compare?{urlencode({'a': run_ids[0], 'b': run_ids[1]})}"
+    return f"/run/{quote(run_ids[0], safe='')}"
 
 
 def interval(estimate_: dict, digits: int = 1) -> str:
@@ -221,6 +231,7 @@ def header_lines(report: dict) -> list[str]:
         f"{'/'.join(map(str, report['max_turns']))} turns of up to {'/'.join(map(str, report['actions_per_turn']))} "
         f"actions; seeds {seed_text(report['seeds'])}: {paired}. Training rollouts start at CRAFTER_SEED=1.",
         "Runs: " + ", ".join(f"{m['model']} → {m['run_id']}" for m in models) + f" (trace DB {report['db_url']}).",
+        f"Browse every episode turn by turn, with its frames: {report['view']}",
     ]
 
 
@@ -276,7 +287,7 @@ def print_tables(report: dict) -> None:
     out.print(achievements)
     out.print(table)
     for line in header_lines(report):
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, soft_wrap=True)  # never cut: the view command stays copyable
     for c in report["comparisons"]:
         out.print(c["sentence"], highlight=False)
 

@@ -53,8 +53,7 @@ INVALID_FEEDBACK = "Your previous reply was invalid"  # how rollout's feedback l
 def browse_line(db_url: str, path: str = "/") -> str:
     """How to open the browser on a DB, for other modules' reports (eval, quickstart)."""
     port = ViewSettings.model_fields["view_port"].default
-    return (f"browse it: CRAFTER_DB_URL={redact(db_url)} python -m synth_qwen.view   "
-            f"then open http://127.0.0.1:{port}{path}")
+    return f"CRAFTER_DB_URL={redact(db_url)} python -m synth_qwen.view   then open http://127.0.0.1:{port}{path}"
 
 
 # ---------------------------------------------------------------------------------------

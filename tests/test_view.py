@@ -344,3 +344,18 @@ def test_browser_model_written_script_never_runs(site):
     for pwned, text in browse(steps):
         assert pwned == "undefined"
     assert XSS_REPLY in text and XSS_REASONING in text  # shown as text
+
+
+def test_eval_report_says_how_to_open_its_runs_in_the_browser(tmp_path):
+    env = rollout_env(tmp_path, eval_models="builtin:random builtin:expert", eval_episodes=2, eval_run_id="ev",
+                      crafter_max_steps=4, eval_replays="false", eval_report_dir=tmp_path / "report")
+    done = run_module("synth_qwen.eval", env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    command = f"CRAFTER_DB_URL=sqlite:///{tmp_path / 'traces.db'} python -m synth_qwen.view"
+    assert report["view"].startswith(command) and f"with its frames: {report['view']}\n" in done.stdout
+    assert report["view"] in (tmp_path / "report" / "report.md").read_text()
+    path = report["view"].split("http://127.0.0.1:8100")[1]
+    assert path == "/compare?a=ev-m0&b=ev-m1"
+    with ViewServer(f"sqlite:///{tmp_path / 'traces.db'}", tmp_path / "view.log") as server:
+        assert len(rows(server.text(path), "pair-row")) == 2
