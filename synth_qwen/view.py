@@ -361,8 +361,10 @@ pre{white-space:pre-wrap;margin:2px 0;font:12px/1.35 ui-monospace,monospace;max-
 .player .controls{margin-top:6px;display:flex;gap:6px;align-items:center;flex-wrap:wrap}
 .player input[type=range]{width:100%}.turn{border-bottom:1px solid #ddd;padding:6px 0}
 .turn.current{background:#fff8df}.turn h3{font-size:14px;margin:0 0 4px}.role{font-weight:600;color:#555}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}.pair .column{height:82vh;overflow:auto}
-.pair .episode{flex-direction:column}.pair .player{position:static}form.inline{display:inline}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}.pair .column{height:86vh;display:flex;flex-direction:column}
+.pair h2{font-size:15px;margin:4px 0}.pair .column>p{margin:2px 0;font-size:12px}
+.pair .episode{flex-direction:column-reverse;flex:1;min-height:0}.pair .turns{overflow:auto;flex:1;min-height:0;width:100%}
+.pair .player{position:static;width:auto}.pair .player img{width:240px;min-height:0}
 .pager a,.pager span{margin-right:8px}
 """
 
@@ -410,7 +412,7 @@ function gotoTurn(turn) {  // the pair page: the same turn in both episodes
     const row = rows.find(r => +r.dataset.turn === turn) || rows[rows.length - 1];
     if (!row) return;
     p.show(+row.dataset.first);
-    row.scrollIntoView({block: 'nearest'});
+    row.scrollIntoView({block: 'start'});
   });
   const box = document.getElementById('turn'); if (box) box.value = turn;
 }
@@ -452,11 +454,11 @@ def select(name: str, values: list[str], chosen: str | None, blank: str) -> str:
     return f"<select name='{name}'>{''.join(options)}</select>"
 
 
-def pager(make_url, page_number: int, total: int, per: int) -> str:
+def pager(make_url, page_number: int, total: int, per: int, noun: str = "episodes") -> str:
     pages = max(1, -(-total // per))
     prev = f"<a class='prev-page' href='{e(make_url(page_number - 1))}'>← previous</a>" if page_number > 1 else ""
     nxt = f"<a class='next-page' href='{e(make_url(page_number + 1))}'>next →</a>" if page_number < pages else ""
-    return (f"<p class='pager'>{prev}<span>page {page_number} of {pages} ({total:,} episodes)</span>{nxt}"
+    return (f"<p class='pager'>{prev}<span>page {page_number} of {pages} ({total:,} {noun})</span>{nxt}"
             f"<a href='{e(make_url(pages))}'>last</a></p>")
 
 
@@ -696,7 +698,8 @@ def compare_html(engine: sa.Engine, query) -> web.Response:
         total = conn.execute(sa.select(sa.func.count()).select_from(a).join(
             b, sa.and_(a.c.seed == b.c.seed, b.c.run_id == run_b)).where(a.c.run_id == run_a)).scalar()
     sorted_by = lambda s, label: f"<a href='{e(url('/compare', a=run_a, b=run_b, sort=s, per=per))}'>{label}</a>"
-    paging = pager(lambda p: url("/compare", a=run_a, b=run_b, sort=sort, page=p, per=per), page_number, total, per)
+    paging = pager(lambda p: url("/compare", a=run_a, b=run_b, sort=sort, page=p, per=per), page_number, total, per,
+                   "paired seeds")
     body = (f"<p>A = <a href='{e(run_url(run_a))}'>{e(run_a)}</a>, B = <a href='{e(run_url(run_b))}'>{e(run_b)}</a>"
             f"</p>{summary}{paging}<table id='pairs'><tr><th>{sorted_by('seed', 'seed')}</th>"
             f"<th>A: status, achievements · reward</th><th>B: status, achievements · reward</th>"
