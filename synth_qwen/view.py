@@ -23,6 +23,7 @@ import asyncio
 import html
 import io
 import json
+import secrets
 import sys
 import tempfile
 import threading
@@ -425,8 +426,13 @@ if (turnForm) {
 
 
 def page(title: str, body: str, script: bool = False) -> web.Response:
-    js = f"<script>const FPS = {PLAYER_FPS};{PLAYER_JS}</script>" if script else ""
-    return web.Response(content_type="text/html", text=(
+    """A whole page. Besides escaping, the browser is told to run only this response's own script (its
+    nonce): a string that slipped through unescaped still could not run."""
+    nonce = secrets.token_urlsafe(16)
+    js = f"<script nonce='{nonce}'>const FPS = {PLAYER_FPS};{PLAYER_JS}</script>" if script else ""
+    policy = (f"default-src 'self'; img-src 'self'; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'; "
+              f"connect-src 'self'; base-uri 'none'; form-action 'self'")
+    return web.Response(content_type="text/html", headers={"Content-Security-Policy": policy}, text=(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style>"
         f"</head><body><header><a href='/'>runs</a><span>{e(title)}</span></header><main>{body}</main>{js}"
         f"</body></html>"))

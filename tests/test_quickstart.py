@@ -2,6 +2,7 @@
 episodes → fine-tune → eval, the student plays → the teacher relabels → fine-tune → eval."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from synth_qwen import tracing
 from synth_qwen.action_schema import parse_text_actions
 from test_filter_traces import without_weights
 from test_relabel import teacher_answers
+from view_helpers import ViewServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,3 +98,12 @@ def reply_actions(reply: dict) -> list[str]:
     actions, problem = parse_text_actions(reply["content"], max_actions=5)
     assert problem is None, problem
     return actions
+
+
+def test_quickstart_ends_with_a_working_view_command(quickstart):
+    work, output, _ = quickstart
+    command = re.search(r"CRAFTER_DB_URL=(\S+) \S+ -m synth_qwen\.view", output)
+    assert command and command.group(1) == f"sqlite:///{work / 'traces.db'}"
+    with ViewServer(command.group(1), work / "view.log") as server:
+        runs = re.findall(r"<tr class='run'>", server.text("/"))
+        assert len(runs) >= 3  # the teacher's play, the student's, the evaluations

@@ -10,6 +10,7 @@ import re
 import uuid
 from html import escape
 
+import aiohttp
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -90,7 +91,7 @@ def test_run_page_sorts_and_paginates_in_sql(site):
     assert re.search(rf"<td>collect_wood</td>.*?<td class='n'>{wood}/5</td>", chart, re.S)
     for bad in ("/run/exp?sort=session_id", "/run/exp?per=0", "/run/exp?page=x"):
         assert site.get(bad)[0] == 400
-    assert site.get("/run/nope")[0] == 404
+    assert site.get("/run/nope")[0] == 404 and site.get("/episode/nope")[0] == 404
 
 
 def test_episode_page_shows_every_turn_request_reply_and_steps(site):
@@ -157,6 +158,18 @@ def test_every_model_written_string_is_escaped(site):
     episode = site.text(f"/episode/{s.session_id}")
     assert escaped(XSS_REPLY) in episode and escaped(XSS_REASONING) in episode
     assert escaped(XSS_MODEL) in site.text("/")
+
+
+def test_pages_run_only_their_own_script(site):
+    """Defense in depth: the policy allows only the script carrying this response's nonce."""
+    async def fetch(path):
+        async with aiohttp.ClientSession() as http, http.get(site.url + path) as response:
+            return response.headers["Content-Security-Policy"], await response.text()
+    policy, html = asyncio.run(fetch(f"/episode/{session(site, 'xss', 1).session_id}"))
+    nonce = re.search(r"script-src 'nonce-([^']+)';", policy).group(1)
+    assert re.findall(r"<script[^>]*>", html) == [f"<script nonce='{nonce}'>"]
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert asyncio.run(fetch(f"/episode/{session(site, 'xss', 1).session_id}"))[0] != policy  # a new nonce each time
 
 
 def test_compare_pairs_seeds_with_differences_and_links_to_the_same_turn(site):
