@@ -203,16 +203,20 @@ class SftMarks:
 
 def example_metadata(line: str) -> dict:
     """A JSONL line's metadata. filter_traces writes it last: parse only that, the messages are long."""
-    start = line.rfind(',"metadata":')
-    try:
-        if start >= 0:
-            return json.loads(line[start + len(',"metadata":'):].rstrip()[:-1])
-        return json.loads(line).get("metadata") or {}
-    except (json.JSONDecodeError, AttributeError):
+    key = ',"metadata":'
+    start = line.rfind(key)
+    if start >= 0:
         try:
-            return json.loads(line).get("metadata") or {}
-        except (json.JSONDecodeError, AttributeError):
-            return {}
+            found = json.loads(line[start + len(key):].rstrip()[:-1])
+            return found if isinstance(found, dict) else {}
+        except json.JSONDecodeError:
+            pass  # not the last key (another writer): read the whole line
+    try:
+        found = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    metadata = found.get("metadata") if isinstance(found, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,9 +268,16 @@ class Replayer:
 
 
 class Lru(OrderedDict):
+    """Keeps the `size` most recently used entries."""
+
     def __init__(self, size: int):
         super().__init__()
         self.size = size
+
+    def hit(self, key):
+        if key in self:
+            self.move_to_end(key)
+        return self.get(key)
 
     def put(self, key, value):
         self[key] = value
@@ -285,18 +296,17 @@ class Frames:
 
     def replayer(self, session_id: str) -> Replayer:
         with self.lock:
-            found = self.replayers.get(session_id)
+            found = self.replayers.hit(session_id)
         if found is None:
             found = Replayer(replay.load_trace(self.engine, session_id))  # LookupError: no such episode
             with self.lock:
-                found = self.replayers.setdefault(session_id, found)
-        with self.lock:
-            self.replayers.put(session_id, found)
+                found = self.replayers.setdefault(session_id, found)  # unless another request made one meanwhile
+                self.replayers.put(session_id, found)
         return found
 
     def png(self, session_id: str, step: int) -> bytes:
         with self.lock:
-            cached = self.pngs.get((session_id, step))
+            cached = self.pngs.hit((session_id, step))
         if cached is not None:
             return cached
         player = self.replayer(session_id)
@@ -309,7 +319,7 @@ class Frames:
 
     def gif(self, session_id: str) -> bytes:
         with self.lock:
-            cached = self.gifs.get(session_id)
+            cached = self.gifs.hit(session_id)
         if cached is not None:
             return cached
         frames, divergence = replay.replay(replay.load_trace(self.engine, session_id), FRAME_SIZE)

@@ -372,3 +372,18 @@ def test_eval_report_says_how_to_open_its_runs_in_the_browser(tmp_path):
     assert path == "/compare?a=ev-m0&b=ev-m1"
     with ViewServer(f"sqlite:///{tmp_path / 'traces.db'}", tmp_path / "view.log") as server:
         assert len(rows(server.text(path), "pair-row")) == 2
+
+
+def test_sft_marks_read_turn_relabelled_and_whole_episode_examples(tmp_path):
+    from synth_qwen.view import SftMarks
+    lines = [{"messages": [], "metadata": {"session_id": "s1", "turn": 0}},
+             {"messages": [], "metadata": {"session_id": "s1", "turn": 2, "relabelled_by": "builtin:expert"}},
+             {"metadata": {"session_id": "s2", "turns": 7}, "messages": [{"content": ',"metadata":{}'}]},
+             {"messages": []}]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines) + "not json\n")
+    marks = SftMarks(path)
+    marks.refresh()
+    assert [marks.mark("s1", turn) for turn in range(3)] == ["SFT example", None,
+                                                             "SFT example, relabelled by builtin:expert"]
+    assert marks.mark("s2", 5) == "SFT example (whole episode)" and marks.mark("s3", 0) is None
