@@ -29,6 +29,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from synth_qwen import tracing  # noqa: E402
 from synth_qwen.tracing import session_traces as st  # noqa: E402
+from browser import Browser, chromium_path  # noqa: E402
 from view_helpers import ViewServer, play  # noqa: E402
 
 POOL = 4  # played episodes per policy, cloned round-robin
@@ -80,6 +81,17 @@ async def timings(base: str, pages: list[tuple[str, str]], repeats: int = 5) -> 
     return out
 
 
+async def browser_load(page_url: str, repeats: int = 5) -> float:
+    """Seconds from navigation to the load event (which waits for the player's first frame)."""
+    seconds = []
+    async with Browser() as browser:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            await browser.goto(page_url)
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clones", type=int, default=5000, help="episodes per cloned run (two runs)")
@@ -127,10 +139,16 @@ def main() -> None:
     ]
     with ViewServer(db_url, folder / "view.log") as server:
         measured = asyncio.run(timings(server.url, pages))
+        in_browser = asyncio.run(browser_load(server.url + f"/episode/{long.session_id}")) if chromium_path() else None
     print(f"\n{'page':<58} {'first (ms)':>11} {'median of next 5 (ms)':>22} {'bytes':>10}")
     for label, first, median, size in measured:
         print(f"{label:<58} {1000 * first:>11.0f} {1000 * median:>22.0f} {size:>10,}")
     print("\n(cached: a frame is rendered once, then served from memory; the next 5 of a frame are cache hits)")
+    if in_browser:
+        print(f"in headless Chromium, the {long.turns}-turn episode page from navigation to its load event (HTML "
+              f"parsed, laid out, first frame shown; frames cached): median of 5 {1000 * in_browser:.0f} ms")
+    else:
+        print("(no chromium: the in-browser page load was not measured)")
 
 
 if __name__ == "__main__":

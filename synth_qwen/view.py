@@ -355,6 +355,8 @@ def episode_url(session_id: str) -> str:
     return f"/episode/{quote(session_id, safe='')}"
 
 
+# .turn has content-visibility:auto: the browser skips laying out turns off screen (a 300-turn page loaded
+# in Chromium in 659 ms without it, 251 ms with it: bench/bench_view.py).
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 header{background:#22302a;color:#fff;padding:8px 16px}header a{color:#cfe8d6;margin-right:14px}
@@ -370,7 +372,8 @@ pre{white-space:pre-wrap;margin:2px 0;font:12px/1.35 ui-monospace,monospace;max-
 .player{position:sticky;top:8px;background:#fff;border:1px solid #ddd;padding:8px;width:320px}
 .player img{width:320px;image-rendering:pixelated;display:block;min-height:366px;background:#222}
 .player .controls{margin-top:6px;display:flex;gap:6px;align-items:center;flex-wrap:wrap}
-.player input[type=range]{width:100%}.turn{border-bottom:1px solid #ddd;padding:6px 0}
+.player input[type=range]{width:100%}
+.turn{border-bottom:1px solid #ddd;padding:6px 0;content-visibility:auto;contain-intrinsic-size:auto 320px}
 .turn.current{background:#fff8df}.turn h3{font-size:14px;margin:0 0 4px}.role{font-weight:600;color:#555}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}.pair .column{height:86vh;display:flex;flex-direction:column}
 .pair h2{font-size:15px;margin:4px 0}.pair .column>p{margin:2px 0;font-size:12px}
