@@ -97,8 +97,14 @@ def main() -> None:
     parser.add_argument("--clones", type=int, default=5000, help="episodes per cloned run (two runs)")
     parser.add_argument("--keep", type=Path, help="build the DB here and keep it")
     args = parser.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_view-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return measure(args.keep, args.clones)
+    with tempfile.TemporaryDirectory(prefix="bench_view-") as folder:  # 0.5 GB: not left behind
+        measure(Path(folder), args.clones)
+
+
+def measure(folder: Path, clones: int) -> None:
     db = folder / "traces.db"
     db_url = f"sqlite:///{db}"
     if not db.exists():
@@ -109,8 +115,8 @@ def main() -> None:
         played = time.perf_counter() - start
         engine = tracing.open_db(db_url)
         start = time.perf_counter()
-        clone_runs(engine, args.clones)
-        print(f"DB built: played {2 * POOL + 1} episodes in {played:.1f} s, cloned {2 * args.clones:,} in "
+        clone_runs(engine, clones)
+        print(f"DB built: played {2 * POOL + 1} episodes in {played:.1f} s, cloned {2 * clones:,} in "
               f"{time.perf_counter() - start:.1f} s")
     engine = tracing.open_readonly(db_url)
     with engine.connect() as conn:
@@ -121,7 +127,7 @@ def main() -> None:
                 for run in ("pool-random", "pool-expert")]
     print(f"{db}: {db.stat().st_size / 1e6:,.0f} MB, {count:,} episodes, "
           + ", ".join(f"{n:,} {name}" for name, n in rows.items()))
-    last = -(-args.clones // 50)
+    last = -(-clones // 50)
     pages = [
         ("runs list", "/"),
         ("run page 1 (50 episodes, by seed)", "/run/big-expert"),
@@ -132,7 +138,7 @@ def main() -> None:
         (f"  its frame {long.env_steps} (replays every step first)", f"/episode/{long.session_id}/frame/{long.env_steps}.png"),
         ("  frame 1 after frame 0 (cold: restarts the replay)", f"/episode/{long.session_id}/frame/1.png"),
         ("  frame 2 after frame 1 (one env step)", f"/episode/{long.session_id}/frame/2.png"),
-        (f"compare page 1 ({args.clones:,} paired seeds, bootstrap CI)", "/compare?a=big-random&b=big-expert"),
+        (f"compare page 1 ({clones:,} paired seeds, bootstrap CI)", "/compare?a=big-random&b=big-expert"),
         (f"compare page {last} (last)", f"/compare?a=big-random&b=big-expert&page={last}"),
         ("compare page 1, sorted by difference", "/compare?a=big-random&b=big-expert&sort=diff"),
         ("pair page (two 30-turn episodes)", f"/pair?a={pair[0]}&b={pair[1]}"),
