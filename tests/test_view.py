@@ -387,3 +387,18 @@ def test_sft_marks_read_turn_relabelled_and_whole_episode_examples(tmp_path):
     assert [marks.mark("s1", turn) for turn in range(3)] == ["SFT example", None,
                                                              "SFT example, relabelled by builtin:expert"]
     assert marks.mark("s2", 5) == "SFT example (whole episode)" and marks.mark("s3", 0) is None
+
+
+def test_an_older_schema_is_named_not_upgraded(tmp_path):
+    import sqlite3
+    path = tmp_path / "traces.db"
+    engine = tracing.open_db(f"sqlite:///{path}")
+    engine.dispose()
+    with sqlite3.connect(path) as db:  # what a v1 DB says
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    before = fingerprint(path)
+    done = run_module("synth_qwen.view", rollout_env(tmp_path), tmp_path, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert f"schema v1, this code reads v{tracing.SCHEMA_VERSION}" in done.stderr and "filter_traces --dry-run" in done.stderr
+    assert fingerprint(path) == before
