@@ -1,6 +1,6 @@
 """filter_traces end to end vs a plain sqlite3 scan of the same message rows, in one run.
 
-Builds a trace DB of synthetic episodes through the real tracing writer (register_session /
+Builds a trace DB of synthetic episodes through the real tracing writer (claim_seed /
 finish_session; Crafter-sized observations, interact tool calls, tool answers, history 2), then
 1. times `python -m synth_qwen.filter_traces` (per-turn mode, every episode kept) and a plain
    sqlite3 scan reading the same message rows; prints examples/s and the ratio
@@ -41,7 +41,7 @@ def observation(rng: random.Random, step: int) -> str:
 def write_episode(engine, run_id: str, seed: int, turns: int, system: str, tools: list) -> None:
     rng = random.Random(seed)
     session_id = f"sess_{run_id}_{seed}"
-    tracing.register_session(engine, {
+    tracing.claim_seed(engine, {
         "session_id": session_id, "experiment_id": run_id, "run_id": run_id, "seed": seed, "difficulty": "easy",
         "model": "Qwen/Qwen3-4B-Instruct-2507", "purpose": "rollout", "policy": "openai", "system_prompt": system,
         "tools": tools, "request_params": {"model": "Qwen/Qwen3-4B-Instruct-2507", "temperature": 0.7}})

@@ -76,12 +76,37 @@ async def play(settings: RolloutSettings, run_id: str, purpose: str, label: str)
                 f"(python -m synth_qwen.serve, or vllm serve …) and point OPENAI_BASE_URL at its /v1, "
                 f"or play without one: CRAFTER_MODEL=builtin:expert")
     runner = Runner(settings, run_id, purpose)
-    seeds, kept, dropped = runner.pending_seeds()
-    if kept or dropped:
-        console.print(f"resuming run {run_id}: {kept} episodes already finished, "
-                      f"{dropped} incomplete ones will be replayed", highlight=False)
-    with RunProgress(len(seeds), label) as progress:
-        return await runner.run(seeds, progress.turn_done, progress.episode_done)
+    plan = runner.plan()
+    if plan.finished or plan.stale or plan.held:
+        in_flight = f", {len(plan.held)} in flight in other processes ({owners(plan.held)})" if plan.held else ""
+        console.print(f"resuming run {run_id}: {plan.finished} episodes already finished, {plan.stale} incomplete "
+                      f"ones will be replayed{in_flight}", highlight=False)
+    runner.on_wait = WaitNotice(settings.crafter_lease_s)
+    with RunProgress(len(plan.to_play) + plan.stale, label) as progress:
+        result = await runner.run(plan.to_play, progress.turn_done, progress.episode_done)
+    if result.lost:
+        console.print(f"warning: {len(result.lost)} episodes (seeds {', '.join(map(str, result.lost))}) were taken "
+                      f"over by another process while this one played them (no heartbeat for CRAFTER_LEASE_S="
+                      f"{settings.crafter_lease_s:g}s); that process's copies count, these were dropped", highlight=False)
+    return result
+
+
+def owners(held: dict[int, str]) -> str:
+    return ", ".join(sorted(set(held.values()))) or "none"
+
+
+class WaitNotice:
+    """One line when this process has nothing left to claim but others still play seeds of the run."""
+
+    def __init__(self, lease_s: float):
+        self.lease_s, self.said = lease_s, False
+
+    def __call__(self, held: dict[int, str]) -> None:
+        if not self.said:
+            self.said = True
+            console.print(f"waiting for {len(held)} episodes in flight in other processes ({owners(held)}); "
+                          f"any whose process stops heartbeating for {self.lease_s:g}s is replayed here",
+                          highlight=False)
 
 
 def play_until_stopped(play_all, resume: str):

@@ -3,12 +3,18 @@
 No printing and no CLI: run_crafter and eval call `Runner.run` and show progress through its callbacks.
 Every episode is registered as `incomplete` when it starts and written whole, in one transaction,
 when it ends; an interrupted run marks its in-flight episodes incomplete, and a rerun redoes them.
+
+Any number of processes (on any number of machines) may play the same run id on one database: each
+claims seeds one at a time (`tracing.claim_seed`), heartbeats the ones it plays, takes over those whose
+process stopped heartbeating for CRAFTER_LEASE_S, and waits for the rest, so every seed is finished
+exactly once and every process ends with the whole run.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +37,16 @@ class RunResult:
     unreachable: int  # of those, episodes whose policy call never succeeded
     sessions: list[Session] = field(default_factory=list)  # every session of the run
     wall_s: float = 0.0
+    lost: list[int] = field(default_factory=list)  # seeds taken over while this process played them
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the run's seeds stand when a process starts."""
+    to_play: list[int]  # seeds with no episode yet, in order
+    finished: int
+    stale: int  # incomplete episodes nobody plays: this process redoes them
+    held: dict[int, str]  # seed -> the live process playing it
 
 
 def new_run_id(prefix: str = "run") -> str:
@@ -169,6 +185,8 @@ class Episode:
 class Runner:
     """Plays a run's seeds concurrently; one writer thread owns every DB write."""
 
+    POLL_S = 1.0  # how often a process with nothing left to claim looks at the others' seeds
+
     def __init__(self, settings: RolloutSettings, run_id: str, purpose: str = "rollout"):
         self.s = settings
         self.run_id = run_id
@@ -181,7 +199,11 @@ class Runner:
             settings, inference_base_url(), inference_api_key(), self.tools)
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-writer")
         self.engine = tracing.open_db(settings.crafter_db_url)
+        self.owner = tracing.new_owner()
+        self.first_seed = settings.crafter_seed
+        self.last_seed = settings.crafter_seed + settings.crafter_episodes - 1
         self.in_flight: set[str] = set()
+        self.on_wait: Callable[[dict[int, str]], None] = lambda held: None
 
     def request_params(self) -> dict:
         return self.endpoint.request_params() if self.endpoint else {"model": self.s.crafter_model}
@@ -195,53 +217,87 @@ class Runner:
         decide = BUILTIN_DECIDERS[self.s.crafter_model](seed, self.s.crafter_actions_per_turn)
         return BuiltinAgent(decide, self.tool_mode, session_id)
 
-    def pending_seeds(self) -> tuple[list[int], int, int]:
-        """Seeds still to play in this run: (seeds, finished before, incomplete dropped)."""
+    def plan(self) -> Plan:
+        """The run's row (the first process writes it) and where its seeds stand."""
         s = self.s
         config = dict(s.model_dump(mode="json"), crafter_db_url=redact(s.crafter_db_url))  # no password in the DB
         tracing.ensure_experiment(self.engine, self.run_id, self.purpose, config)
-        dropped = tracing.drop_incomplete(self.engine, self.run_id)
-        done = tracing.finished_seeds(self.engine, self.run_id)
-        wanted = [s.crafter_seed + i for i in range(s.crafter_episodes)]
-        return [seed for seed in wanted if seed not in done], len(done & set(wanted)), dropped
+        with self.engine.connect() as conn:
+            states = tracing.seed_states(conn, self.run_id, self.first_seed, self.last_seed, self.owner, s.crafter_lease_s)
+        started = states.finished | states.stale | set(states.held)
+        to_play = [seed for seed in range(self.first_seed, self.last_seed + 1) if seed not in started]
+        return Plan(to_play, len(states.finished), len(states.stale), states.held)
 
-    async def episode(self, index: int, seed: int, on_turn) -> tuple[Session, bool]:
-        registered = {
+    def session_row(self, seed: int) -> dict:
+        return {
             "session_id": "sess_" + uuid.uuid4().hex[:20], "experiment_id": self.run_id, "run_id": self.run_id,
             "seed": seed, "difficulty": self.s.crafter_difficulty, "model": self.s.crafter_model,
             "purpose": self.purpose, "policy": self.s.crafter_model if self.builtin else "openai",
             "system_prompt": self.system, "tools": self.tools, "request_params": self.request_params(),
-            "metadata": {"episode_index": index, "max_turns": self.s.crafter_max_steps,
+            "owner": self.owner,
+            "metadata": {"episode_index": seed - self.first_seed, "max_turns": self.s.crafter_max_steps,
                          "actions_per_turn": self.s.crafter_actions_per_turn, "history": self.s.crafter_history,
                          "tool_mode": self.tool_mode}}
-        session_id = registered["session_id"]
-        await self.write(tracing.register_session, self.engine, registered)
+
+    async def claim(self, fresh: deque[int]) -> dict | None:
+        """The registered row of this process's next episode, or None when none is left: first the
+        seeds nobody had started, then those whose process stopped; while other live processes still
+        play seeds of the run, wait, to take over any of them whose heartbeat stops."""
+        while fresh:
+            row = self.session_row(fresh.popleft())
+            if await self.write(tracing.claim_seed, self.engine, row):
+                return row
+        while True:
+            row, states = await self.write(tracing.take_over_stale, self.engine, self.run_id, self.first_seed,
+                                           self.last_seed, self.owner, self.s.crafter_lease_s, self.session_row)
+            if row is not None:
+                return row
+            if not states.held:
+                return None
+            self.on_wait(states.held)
+            await asyncio.sleep(self.POLL_S)
+
+    async def keep_alive(self) -> None:
+        """Heartbeat the episodes in flight, well inside the lease."""
+        while True:
+            await asyncio.sleep(self.s.crafter_lease_s / 4)
+            await self.write(tracing.heartbeat, self.engine, list(self.in_flight))
+
+    async def episode(self, registered: dict, on_turn) -> tuple[Session, bool, bool]:
+        """Play a claimed episode: (its session, unreachable, still ours when it ended)."""
+        session_id, seed = registered["session_id"], registered["seed"]
         self.in_flight.add(session_id)
         episode = Episode(self.s, seed, self.agent_for(seed, session_id), self.system, on_turn)
         await episode.play()
         summary = episode.summary()
-        await self.write(tracing.finish_session, self.engine, session_id, summary,
-                         episode.steps, episode.events, episode.messages)
+        ours = await self.write(tracing.finish_session, self.engine, session_id, summary,
+                                episode.steps, episode.events, episode.messages)
         self.in_flight.discard(session_id)
-        return Session(**registered, **summary), episode.unreachable
+        registered = {key: value for key, value in registered.items() if key != "owner"}
+        return Session(**registered, **summary), episode.unreachable, ours
 
     async def run(self, seeds: list[int], on_turn: Callable[[], None] = lambda: None,
                   on_episode: Callable[[Session], None] = lambda session: None) -> RunResult:
+        """Play `seeds` (the plan's), then whatever of the run other processes leave behind."""
         start = time.perf_counter()
-        limit = asyncio.Semaphore(self.s.crafter_concurrency)
         result = RunResult(self.run_id, played=0, unreachable=0)
+        fresh = deque(seeds)
 
-        async def bounded(index, seed):
-            async with limit:
-                session, unreachable = await self.episode(index, seed, on_turn)
-            result.played += 1
-            result.unreachable += unreachable
-            on_episode(session)
+        async def worker():
+            while (registered := await self.claim(fresh)) is not None:
+                session, unreachable, ours = await self.episode(registered, on_turn)
+                if not ours:
+                    result.lost.append(session.seed)
+                    continue
+                result.played += 1
+                result.unreachable += unreachable
+                on_episode(session)
 
-        first_seed = self.s.crafter_seed
+        keep_alive = asyncio.create_task(self.keep_alive())
         try:
-            await asyncio.gather(*(bounded(seed - first_seed, seed) for seed in seeds))
+            await asyncio.gather(*(worker() for _ in range(self.s.crafter_concurrency)))
         finally:
+            keep_alive.cancel()
             if self.in_flight:
                 await self.write(tracing.mark_incomplete, self.engine, list(self.in_flight), INTERRUPTED)
             if self.endpoint:

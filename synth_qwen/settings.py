@@ -286,6 +286,8 @@ class RolloutSettings(Settings):
     crafter_price_input_per_m: float | None = Field(None, ge=0)  # USD per 1M prompt tokens
     crafter_price_output_per_m: float | None = Field(None, ge=0)  # USD per 1M completion tokens
     crafter_summary_json: Path | None = None
+    # Fleets: an episode whose process has not heartbeaten for this long is taken over by another.
+    crafter_lease_s: float = Field(60.0, ge=1, le=86_400)
 
     @field_validator("crafter_model")
     @classmethod

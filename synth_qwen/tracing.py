@@ -8,9 +8,18 @@ request of every call can be rebuilt (`request_messages`).
 
 An episode is written in one transaction when it ends. It is registered (status `incomplete`)
 when it starts, so a crash leaves either nothing or an `incomplete` row — never a half episode.
+
+Many processes can play one run (a fleet): the incomplete row is the claim on its seed. It names
+its `owner` and carries a `heartbeat_at` the owner refreshes; the unique (run_id, seed) key and
+`INSERT … ON CONFLICT DO NOTHING` decide who plays a seed, and a row whose heartbeat stopped (its
+process was killed) or was released (interrupted) is taken over with `FOR UPDATE SKIP LOCKED`.
 """
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,9 +27,10 @@ from typing import Iterable, Iterator
 from urllib.parse import quote
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import JSON, Boolean, Column, Float, ForeignKey, Integer, String, Table, Text
 
-SCHEMA_VERSION = 2  # v2: session_traces.failure (v1 databases are upgraded when opened)
+SCHEMA_VERSION = 3  # v2: session_traces.failure; v3: owner + heartbeat_at (older DBs are upgraded when opened)
 STATUSES = ("completed", "died", "max_steps", "agent_error", "incomplete")
 # Why an agent_error episode ended: its policy could not be called, or it kept answering invalidly.
 CALL_FAILED, INVALID_TURNS = "call_failed", "invalid_turns"
@@ -70,7 +80,9 @@ session_traces = Table(  # one per episode
     Column("started_at", String(40)),
     Column("ended_at", String(40)),
     Column("metadata", JSON),
-    sa.UniqueConstraint("run_id", "seed", name="uq_session_run_seed"),
+    Column("owner", String(120)),  # the process playing an incomplete episode (host:pid:tag)
+    Column("heartbeat_at", Float),  # its owner's last sign of life (epoch s); NULL: nobody holds it
+    sa.UniqueConstraint("run_id", "seed", name="uq_session_run_seed"),  # one episode per seed: the claim
 )
 
 session_timesteps = Table(  # one per env step
@@ -339,8 +351,9 @@ def create_schema(engine: sa.Engine, create: bool) -> None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=utc_now()))
         elif found > SCHEMA_VERSION:
             raise RuntimeError(f"trace DB schema v{found} is newer than this code (v{SCHEMA_VERSION})")
-        elif found < SCHEMA_VERSION:
-            upgrade_v1_to_v2(conn)
+        else:
+            for version in range(found, SCHEMA_VERSION):  # each step stamps the version it reaches
+                UPGRADES[version](conn)
 
 
 def upgrade_v1_to_v2(conn) -> None:
@@ -354,71 +367,148 @@ def upgrade_v1_to_v2(conn) -> None:
     conn.execute(schema_version.insert().values(version=2, applied_at=utc_now()))
 
 
+def upgrade_v2_to_v3(conn) -> None:
+    """v3 adds the fleet lease: owner and heartbeat_at (NULL on old rows: any process may redo them)."""
+    conn.execute(sa.text("ALTER TABLE session_traces ADD COLUMN owner VARCHAR(120)"))
+    conn.execute(sa.text("ALTER TABLE session_traces ADD COLUMN heartbeat_at FLOAT"))
+    conn.execute(schema_version.insert().values(version=3, applied_at=utc_now()))
+
+
+UPGRADES = {1: upgrade_v1_to_v2, 2: upgrade_v2_to_v3}  # from version -> the step to the next
+
+
 # ---------------------------------------------------------------------------------------
 # Writing (one writer: the runner calls these from a single thread)
 
+def insert_unless_present(engine_or_conn, table: Table):
+    """INSERT … ON CONFLICT DO NOTHING in the database's own dialect: of many processes inserting the
+    same key at once, exactly one row lands and nobody gets an error."""
+    dialect = postgresql if engine_or_conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
 def ensure_experiment(engine: sa.Engine, run_id: str, purpose: str, config: dict) -> None:
+    """The run's row; the first of many processes starting the same run writes it."""
     with engine.begin() as conn:
-        exists = conn.execute(sa.select(experiments.c.id).where(experiments.c.id == run_id)).first()
-        if not exists:
-            conn.execute(experiments.insert().values(
-                id=run_id, purpose=purpose, created_at=utc_now(), config=config))
+        conn.execute(insert_unless_present(conn, experiments).values(
+            id=run_id, purpose=purpose, created_at=utc_now(), config=config))
 
 
-def finished_seeds(engine: sa.Engine, run_id: str) -> set[int]:
-    """Seeds of this run whose episodes ended (any status but incomplete)."""
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(session_traces.c.seed).where(
-            session_traces.c.run_id == run_id, session_traces.c.status != "incomplete"))
-        return {row.seed for row in rows}
+def new_owner() -> str:
+    """This process, as the owner of the episodes it plays (the tag tells a restarted pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:4]}"
 
 
-def drop_incomplete(engine: sa.Engine, run_id: str) -> int:
-    """Remove this run's incomplete episodes (children first) so they can be redone."""
+@dataclass(frozen=True)
+class SeedStates:
+    """Where a run's seeds in [first, last] stand, seen by `owner` at one moment."""
+    finished: set[int]
+    stale: set[int]  # incomplete, and nobody heartbeats them: whoever claims them redoes them
+    held: dict[int, str]  # incomplete and alive in another process: seed -> owner
+    mine: set[int]
+
+
+def seed_states(conn, run_id: str, first: int, last: int, owner: str = "", lease_s: float = 0.0) -> SeedStates:
+    cutoff = time.time() - lease_s
+    states = SeedStates(set(), set(), {}, set())
+    rows = conn.execute(sa.select(session_traces.c.seed, session_traces.c.status, session_traces.c.owner,
+                                  session_traces.c.heartbeat_at)
+                        .where(session_traces.c.run_id == run_id, session_traces.c.seed.between(first, last)))
+    for row in rows:
+        if row.status != "incomplete":
+            states.finished.add(row.seed)
+        elif row.owner == owner:
+            states.mine.add(row.seed)
+        elif row.heartbeat_at is None or row.heartbeat_at < cutoff:
+            states.stale.add(row.seed)
+        else:
+            states.held[row.seed] = row.owner
+    return states
+
+
+def claim_seed(engine: sa.Engine, row: dict) -> bool:
+    """Register this episode as ours, unless its seed already has an episode in the run (finished,
+    or claimed by a process that was faster): INSERT … ON CONFLICT DO NOTHING on the unique
+    (run_id, seed) key picks exactly one winner among any number of processes."""
     with engine.begin() as conn:
-        ids = [row.session_id for row in conn.execute(sa.select(session_traces.c.session_id).where(
-            session_traces.c.run_id == run_id, session_traces.c.status == "incomplete"))]
-        delete_sessions(conn, ids)
-        return len(ids)
+        return register_session(conn, row)
 
 
-def delete_sessions(conn, session_ids: list[str]) -> None:
-    if not session_ids:
-        return
-    for table in CHILD_TABLES:
-        conn.execute(table.delete().where(table.c.session_id.in_(session_ids)))
-    conn.execute(session_traces.delete().where(session_traces.c.session_id.in_(session_ids)))
-
-
-def register_session(engine: sa.Engine, row: dict) -> None:
-    """The episode exists from its first moment, as `incomplete`."""
+def take_over_stale(engine: sa.Engine, run_id: str, first: int, last: int, owner: str, lease_s: float,
+                    row_for) -> tuple[dict | None, SeedStates]:
+    """Claim the first seed in [first, last] whose incomplete episode nobody heartbeats (its process was
+    killed, or released it on an interrupt): (the row registered for it, row_for(seed), or None; the
+    states seen before). The row is
+    locked with FOR UPDATE SKIP LOCKED on PostgreSQL, so claimers pass each other by; it is deleted
+    only while still stale (an incomplete episode has no child rows yet) and registered anew."""
     with engine.begin() as conn:
-        conn.execute(session_traces.insert().values(status="incomplete", started_at=utc_now(), **row))
+        states = seed_states(conn, run_id, first, last, owner, lease_s)
+        if not states.stale:
+            return None, states
+        incomplete = session_traces.c.status == "incomplete"
+        not_alive = sa.or_(session_traces.c.heartbeat_at.is_(None),
+                           session_traces.c.heartbeat_at < time.time() - lease_s)
+        stale = conn.execute(sa.select(session_traces.c.session_id, session_traces.c.seed).where(
+            session_traces.c.run_id == run_id, session_traces.c.seed.between(first, last), incomplete, not_alive,
+            session_traces.c.owner.is_distinct_from(owner))
+            .order_by(session_traces.c.seed).limit(1).with_for_update(skip_locked=True)).first()
+        if stale and conn.execute(session_traces.delete().where(
+                session_traces.c.session_id == stale.session_id, incomplete, not_alive)).rowcount == 1:
+            row = row_for(stale.seed)
+            if register_session(conn, row):
+                return row, states
+        return None, states
+
+
+def heartbeat(engine: sa.Engine, session_ids: Iterable[str]) -> None:
+    """This process is still playing these episodes."""
+    ids = list(session_ids)
+    if ids:
+        with engine.begin() as conn:
+            conn.execute(session_traces.update().where(session_traces.c.session_id.in_(ids),
+                                                       session_traces.c.status == "incomplete")
+                         .values(heartbeat_at=time.time()))
+
+
+def register_session(conn, row: dict) -> bool:
+    """The episode exists from its first moment, as `incomplete`, with a fresh heartbeat. False when
+    its seed already has an episode in this run (another process was faster)."""
+    inserted = conn.execute(insert_unless_present(conn, session_traces).values(
+        status="incomplete", started_at=utc_now(), heartbeat_at=time.time(), **row)
+        .returning(session_traces.c.session_id)).first()  # (rowcount reads -1 here on PostgreSQL)
+    return inserted is not None
 
 
 def finish_session(engine: sa.Engine, session_id: str, summary: dict, timesteps: list[Step],
-                   lm_events: list[LMEvent], turn_messages: list[Message]) -> None:
-    """Everything the episode produced, and its final status, in one transaction."""
+                   lm_events: list[LMEvent], turn_messages: list[Message]) -> bool:
+    """Everything the episode produced, and its final status, in one transaction. False (nothing
+    written) when the episode is no longer ours: our heartbeat stopped long enough for another
+    process to take the seed over, and its copy is the one that counts."""
     with engine.begin() as conn:
+        ours = conn.execute(session_traces.update().where(session_traces.c.session_id == session_id,
+                                                          session_traces.c.status == "incomplete")
+                            .values(ended_at=utc_now(), heartbeat_at=None, **summary)).rowcount == 1
+        if not ours:
+            return False
         for table, records in ((session_timesteps, timesteps), (events, lm_events), (messages, turn_messages)):
             if records:
                 conn.execute(table.insert(), [dict(record.row(), session_id=session_id) for record in records])
         conn.execute(outcome_rewards.insert().values(
             session_id=session_id, total_reward=summary["total_reward"],
             num_achievements=summary["num_achievements"], achievements=summary["achievements"]))
-        conn.execute(session_traces.update().where(session_traces.c.session_id == session_id)
-                     .values(ended_at=utc_now(), **summary))
+    return True
 
 
 def mark_incomplete(engine: sa.Engine, session_ids: Iterable[str], reason: str) -> None:
-    """Say why these episodes stopped. One whose final write landed while the run was being
+    """Say why these episodes stopped, and release them (no heartbeat): a rerun, or another process
+    of the fleet, redoes them at once. One whose final write landed while the run was being
     interrupted is finished, and stays so."""
     ids = list(session_ids)
     if ids:
         with engine.begin() as conn:
             conn.execute(session_traces.update().where(session_traces.c.session_id.in_(ids),
                                                        session_traces.c.status == "incomplete")
-                         .values(status_reason=reason, ended_at=utc_now()))
+                         .values(status_reason=reason, ended_at=utc_now(), heartbeat_at=None))
 
 
 # ---------------------------------------------------------------------------------------

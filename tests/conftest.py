@@ -1,4 +1,7 @@
 """Fixtures shared by test modules."""
+import os
+import uuid
+
 import pytest
 
 from serve_helpers import Server
@@ -10,3 +13,20 @@ def server(tmp_path_factory):
     running = Server(tmp_path_factory.mktemp("serve") / "data", serve_tiny_size="micro").start()
     yield running
     running.stop()
+
+
+POSTGRES_SERVER_URL = os.environ.get("SYNTH_TEST_POSTGRES_URL", "")  # make test sets it (scripts/ensure_postgres.sh)
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the test PostgreSQL server, dropped afterwards."""
+    if not POSTGRES_SERVER_URL:
+        pytest.skip("SYNTH_TEST_POSTGRES_URL is not set (make test sets it)")
+    import psycopg
+    name = "synth_test_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(POSTGRES_SERVER_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield POSTGRES_SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(POSTGRES_SERVER_URL, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

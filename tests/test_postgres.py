@@ -14,16 +14,6 @@ SERVER_URL = os.environ.get("SYNTH_TEST_POSTGRES_URL", "")
 pytestmark = pytest.mark.skipif(not SERVER_URL, reason="SYNTH_TEST_POSTGRES_URL is not set (make test sets it)")
 
 
-@pytest.fixture
-def postgres_url():
-    name = "synth_test_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield SERVER_URL.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def test_rollouts_trace_into_postgres_and_requests_rebuild_exactly(tmp_path, postgres_url):
     with ScriptedEndpoint(latency_s=0.02) as endpoint:
         env = rollout_env(tmp_path, crafter_model="pg-model", crafter_episodes=8, crafter_max_steps=5,

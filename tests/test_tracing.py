@@ -9,7 +9,7 @@ from synth_qwen.tracing import LMEvent, Message, Session, Step
 
 def register(engine, session_id="sess_a", seed=1, **values):
     tracing.ensure_experiment(engine, "run", "rollout", {"note": "test"})
-    tracing.register_session(engine, dict({"session_id": session_id, "experiment_id": "run", "run_id": "run",
+    tracing.claim_seed(engine, dict({"session_id": session_id, "experiment_id": "run", "run_id": "run",
                                            "seed": seed, "model": "m", "purpose": "rollout",
                                            "system_prompt": "sys"}, **values))
 
@@ -51,7 +51,7 @@ def test_an_unfinished_session_reads_with_zero_counts_not_none(tmp_path):
     assert session.cost_usd is None  # unknown stays unknown
 
 
-def test_a_v1_database_is_upgraded_and_its_failures_classified(tmp_path):
+def test_a_v1_database_is_upgraded_step_by_step_and_its_failures_classified(tmp_path):
     path = tmp_path / "old.db"
     engine = tracing.open_db(f"sqlite:///{path}")
     for index, reason in enumerate(["LM call failed on turn 0: HTTP 500", "3 invalid turns in a row; last: x"]):
@@ -60,8 +60,9 @@ def test_a_v1_database_is_upgraded_and_its_failures_classified(tmp_path):
             conn.execute(tracing.session_traces.update().where(tracing.session_traces.c.session_id == f"sess_{index}")
                          .values(status="agent_error", status_reason=reason))
     engine.dispose()
-    with sqlite3.connect(path) as db:  # turn it into what v1 wrote: no failure column, version 1
-        db.execute("ALTER TABLE session_traces DROP COLUMN failure")
+    with sqlite3.connect(path) as db:  # turn it into what v1 wrote: no failure, owner, heartbeat; version 1
+        for column in ("failure", "owner", "heartbeat_at"):
+            db.execute(f"ALTER TABLE session_traces DROP COLUMN {column}")
         db.execute("DELETE FROM schema_version")
         db.execute("INSERT INTO schema_version (version) VALUES (1)")
     engine = tracing.open_db(f"sqlite:///{path}", create=False)
