@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from synth_qwen import run_stats, stats, tracing
+from synth_qwen import preflight, run_stats, stats, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.replay import replay_to_file
@@ -340,6 +340,7 @@ def main() -> int:
         exit_usage(str(error))
     name = settings.eval_run_ids[0] if not playing else settings.eval_run_id or new_run_id("eval")
     report_dir = settings.eval_report_dir or Path("reports") / name
+    preflight.ready_or_exit(db=(settings.crafter_db_url, playing), dirs={"EVAL_REPORT_DIR": report_dir})
     if playing:
         last_seed = settings.eval_seed + settings.eval_episodes - 1
         console.print(f"evaluation {name}: {len(settings.models)} model(s) × {settings.eval_episodes} episodes on "

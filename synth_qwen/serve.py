@@ -19,12 +19,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from synth_qwen import sft_format, train_worker
+from synth_qwen import preflight, sft_format, train_worker
 from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
 from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, hyperparameter_problem, seed_problem
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
-from synth_qwen.settings import ServeSettings, load
+from synth_qwen.settings import ServeSettings, SettingsError, exit_usage, load
 from synth_qwen.tiny_model import TINY_MODEL_ID
 from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpoint, WorkerError, WorkerEvent,
                                      WorkerMetrics, WorkerResult)
@@ -649,6 +649,11 @@ async def stop_background(app: web.Application) -> None:
 
 def main() -> None:
     settings = load(ServeSettings)
+    preflight.ready_or_exit(dirs={"SERVE_DATA_DIR": settings.serve_data_dir})
+    try:
+        preflight.listenable(settings.serve_host, settings.serve_port)  # before the data dir is made
+    except SettingsError as error:
+        exit_usage(str(error))
     settings.serve_data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(settings)
     for job_id in app["interrupted"]:
@@ -658,7 +663,10 @@ def main() -> None:
     async def serve_forever() -> None:
         await runner.setup()
         site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:  # taken since the preflight
+            exit_usage(str(preflight.cannot_listen(settings.serve_host, settings.serve_port, error)))
         port = site._server.sockets[0].getsockname()[1]
         base = f"http://{settings.serve_host}:{port}"
         print(f"serve: listening on {base}/v1 (also {base}/api and {base}/api/v1)", flush=True)

@@ -226,23 +226,28 @@ class Store:
 
     # ---- models -------------------------------------------------------------------------
     def models(self) -> dict[str, ModelRecord]:
-        return {model_id: ModelRecord.model_validate(record)
-                for model_id, record in read_json(self.models_path, {}).items()}
+        return readable(self.models_path, lambda saved: {
+            model_id: ModelRecord.model_validate(record) for model_id, record in (saved or {}).items()}) or {}
 
     def add_model(self, model_id: str, record: ModelRecord) -> None:
         models = self.models()
+        if not models and self.models_path.exists():  # unreadable: kept aside, not overwritten
+            os.replace(self.models_path, self.models_path.with_name(f"models.json.unreadable-{now()}"))
         models[model_id] = record
         write_json(self.models_path, {model_id: record.model_dump(mode="json", exclude_defaults=True)
                                       for model_id, record in models.items()})
 
 
 def read_job(folder: Path) -> FineTuningJob | None:
-    """None when the folder has no job.json, or one that cannot be read (serve never writes half a
-    file, but a disk or a hand can): that one is reported on stderr and skipped, never fatal."""
-    path = folder / "job.json"
+    """None when the folder has no job.json, or an unreadable one (reported and skipped)."""
+    return readable(folder / "job.json", lambda saved: FineTuningJob.model_validate(saved) if saved else None)
+
+
+def readable(path: Path, parse):
+    """parse(the JSON at `path`, None when missing); None when the file cannot be read (serve never
+    writes half a file, but a disk or a hand can): that is reported on stderr and skipped, never fatal."""
     try:
-        saved = read_json(path)
-        return FineTuningJob.model_validate(saved) if saved else None
+        return parse(read_json(path))
     except (OSError, UnicodeDecodeError, ValueError) as error:  # JSON and validation errors are ValueErrors
         print(f"warning: skipped {path}: unreadable ({type(error).__name__}: {str(error).splitlines()[0][:120]})",
               file=sys.stderr, flush=True)
