@@ -212,17 +212,23 @@ class Store:
         return read_json(self.job_dir(job_id) / "checkpoints.json", [])[::-1]
 
     def fail_interrupted_jobs(self) -> list[str]:
-        """Jobs left active by a server that died: mark failed (never stuck). Returns their ids."""
+        """Jobs a server that died left running: mark failed (never stuck; its weights are half-trained).
+        Jobs still waiting (validating_files, queued) are not touched: `waiting_jobs` resumes them."""
         failed = []
         for job in self.list_jobs():
-            if job.status in ACTIVE_STATUSES:
-                message = f"The server stopped while this job was {job.status}; create a new job to retry."
+            if job.status == "running":
+                message = "The server stopped while this job was running; create a new job to retry."
                 job.status, job.finished_at = "failed", now()
                 job.error = JobError(code="server_restarted", message=message)
                 self.save_job(job)
                 self.add_event(job.id, message, level="error")
                 failed.append(job.id)
         return failed
+
+    def waiting_jobs(self) -> list[FineTuningJob]:
+        """Jobs not started yet (validating_files, queued), oldest first: the order they run in."""
+        waiting = [job for job in self.list_jobs() if job.status in ACTIVE_STATUSES and job.status != "running"]
+        return waiting[::-1]
 
     # ---- models -------------------------------------------------------------------------
     def models(self) -> dict[str, ModelRecord]:

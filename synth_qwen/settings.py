@@ -468,6 +468,7 @@ class ServeSettings(Settings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(8000, ge=0, le=65535)  # 0 = any free port (printed at start)
     serve_data_dir: Path = Path("serve_data")
+    serve_models_dir: Path | None = None  # local model folders, served by their path below it; unset: none
     serve_api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     serve_max_upload_mb: float = Field(512.0, gt=0, le=1 << 20)  # at most 1 TiB (inf cannot size a buffer)
     serve_device: Literal["auto", "cpu", "cuda"] = "auto"
