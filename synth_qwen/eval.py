@@ -8,7 +8,8 @@ stored with purpose `eval`, one run `<eval run id>-m<i>` per model, resumable) �
 statistics with 95 % CIs → paired differences to the first model → a terminal table,
 report.json, report.md, achievements.png and GIF replays of each model's best and worst
 episode. `EVAL_RUN_IDS` reports on finished runs without playing.
-Exit 0 ok, 1 nothing could be evaluated, 2 bad settings, 130 on Ctrl-C.
+Exit 0 ok, 1 nothing could be evaluated (or the trace DB's PostgreSQL server cannot be reached),
+2 bad settings (an unwritable EVAL_REPORT_DIR or a CRAFTER_DB_URL that is no trace DB included), 130 on Ctrl-C.
 """
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ turn (DAgger, relabel.py). Examples are validated (sft_format), deduplicated, sp
 written to temp files renamed at the end.
 
 Exit 0 when examples were written (or would be, with --dry-run); 1 when the DB is missing or
-unreadable or nothing passes (the funnel says where it all went); 2 on bad settings.
+unreadable, its PostgreSQL server cannot be reached, or nothing passes (the funnel says where it all
+went); 2 on bad settings (an output that cannot be written or a CRAFTER_DB_URL that is no SQLite
+trace DB included).
 """
 from __future__ import annotations
 

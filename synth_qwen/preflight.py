@@ -72,6 +72,12 @@ def writable_dir(variable: str, path: Path | None) -> None:
         raise invalid(variable, path, f"cannot write in it ({error.strerror})") from None
 
 
+def existing_dir(variable: str, path: Path | None) -> None:
+    """A folder we read from (not create) exists."""
+    if path is not None and not path.is_dir():
+        raise invalid(variable, path, "no such folder")
+
+
 def utf8_text(variable: str, path: Path | None) -> None:
     """An existing file we read as text (a state file) is UTF-8."""
     if path is None or not path.is_file():
@@ -176,9 +182,13 @@ def cannot_listen(host: str, port: int, error: OSError) -> SettingsError:
 # ---------------------------------------------------------------------------------------
 
 def ready_or_exit(db: tuple[str, bool] | None = None, files: dict[str, Path | None] | None = None,
-                  dirs: dict[str, Path | None] | None = None, state_files: dict[str, Path | None] | None = None) -> None:
-    """Run a stage's checks: outputs first, the DB last. Exit 2 on a bad value, 1 on an unreachable DB."""
+                  dirs: dict[str, Path | None] | None = None, state_files: dict[str, Path | None] | None = None,
+                  inputs: dict[str, Path | None] | None = None) -> None:
+    """Run a stage's checks: input folders, state files, output files and folders, the DB last.
+    Exit 2 on a bad value, 1 on an unreachable DB."""
     try:
+        for variable, path in (inputs or {}).items():
+            existing_dir(variable, path)
         for variable, path in (state_files or {}).items():
             utf8_text(variable, path)
             writable_file(variable, path)

@@ -5,7 +5,9 @@
 
 Settings → seeds → episodes (concurrently) → trace → summary. Rerunning with the same
 CRAFTER_RUN_ID skips finished episodes and redoes incomplete ones. Exit 0 when the run
-finished, 1 when no episode could reach its policy, 2 on bad settings, 130 on Ctrl-C.
+finished, 1 when no episode could reach its policy (or the trace DB's PostgreSQL server cannot be
+reached), 2 on bad settings (an unwritable output or a CRAFTER_DB_URL that is no trace DB included),
+130 on Ctrl-C.
 """
 from __future__ import annotations
 

@@ -712,7 +712,8 @@ async def stop_background(app: web.Application) -> None:
 
 def main() -> None:
     settings = load(ServeSettings)
-    preflight.ready_or_exit(dirs={"SERVE_DATA_DIR": settings.serve_data_dir})
+    preflight.ready_or_exit(dirs={"SERVE_DATA_DIR": settings.serve_data_dir},
+                            inputs={"SERVE_MODELS_DIR": settings.serve_models_dir})
     try:
         preflight.listenable(settings.serve_host, settings.serve_port)  # before the data dir is made
     except SettingsError as error:

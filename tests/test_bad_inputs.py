@@ -96,6 +96,7 @@ CASES = [  # (module, arguments, environment, fixtures, exit status, words the l
     ("serve", [], {"SERVE_DATA_DIR": "notes.db"}, ["text"], 2, "SERVE_DATA_DIR='notes.db' is invalid: it is a file"),
     ("serve", [], {"SERVE_DATA_DIR": UNWRITABLE}, [], 2, "SERVE_DATA_DIR='/sys/synth_qwen_test/out' is invalid: cannot write in /sys"),
     ("serve", [], {"SERVE_HOST": "no-such-host.invalid", "SERVE_PORT": "0"}, [], 2, "SERVE_HOST='no-such-host.invalid' is invalid: the name does not resolve"),
+    ("serve", [], {"SERVE_MODELS_DIR": "models"}, [], 2, "SERVE_MODELS_DIR='models' is invalid: no such folder"),
     # world_stats, rounds
     ("world_stats", [], {}, ["latin1 .env"], 2, ".env is not UTF-8 text"),
     ("rounds", [], {"ROUNDS_DIR": "notes.db"}, ["text"], 2, "ROUNDS_DIR='notes.db' is invalid: it is a file"),

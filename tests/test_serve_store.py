@@ -130,6 +130,17 @@ def test_jobs_list_newest_first_and_a_restart_fails_only_the_running_job(tmp_pat
     assert store.fail_interrupted_jobs() == []  # nothing is left running
 
 
+def test_an_unreadable_models_json_is_reported_skipped_and_kept_aside(tmp_path, capsys):
+    store = Store(tmp_path)
+    store.models_path.write_text('{"ft:x": {"created": ')  # cut short by hand
+    assert store.models() == {} and "warning: skipped" in capsys.readouterr().err
+    spec = ModelSpec.model_validate(TINY_BASE)
+    store.add_model("ft:y", ModelRecord(created=1, job_id="ftjob-1", spec=spec))
+    assert list(store.models()) == ["ft:y"]
+    [aside] = tmp_path.glob("models.json.unreadable-*")
+    assert aside.read_text() == '{"ft:x": {"created": '  # never overwritten
+
+
 def test_a_missing_job_is_none(tmp_path):
     assert Store(tmp_path).get_job("ftjob-nothere") is None
 
