@@ -156,10 +156,10 @@ class Store:
         return self.files_dir / f".upload-{secrets.token_hex(8)}.part"
 
     def get_file(self, file_id: str) -> dict | None:
-        return read_json(self.files_dir / f"{check_id('file', file_id)}.json")
+        return readable(self.files_dir / f"{check_id('file', file_id)}.json", lambda saved: saved)
 
     def list_files(self, purpose: str | None = None) -> list[dict]:
-        files = [read_json(path) for path in self.files_dir.glob("file-*.json")]
+        files = [readable(path, lambda saved: saved) for path in self.files_dir.glob("file-*.json")]
         files = [meta for meta in files if meta and (purpose is None or meta["purpose"] == purpose)]
         return sorted(files, key=lambda meta: (meta["created_at"], meta["id"]), reverse=True)
 
@@ -202,7 +202,13 @@ class Store:
         path = self.job_dir(job_id) / "events.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()][::-1]
+        events = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a line torn by a crash in the middle of an append
+                continue
+        return events[::-1]
 
     def add_checkpoint(self, job_id: str, checkpoint: dict) -> None:
         path = self.job_dir(job_id) / "checkpoints.json"

@@ -141,6 +141,18 @@ def test_an_unreadable_models_json_is_reported_skipped_and_kept_aside(tmp_path, 
     assert aside.read_text() == '{"ft:x": {"created": '  # never overwritten
 
 
+def test_a_cut_file_record_and_a_torn_event_line_are_skipped(tmp_path, capsys):
+    store = Store(tmp_path)
+    job = store.save_job(new_job())
+    store.add_event(job.id, "created")
+    with open(store.job_dir(job.id) / "events.jsonl", "a") as handle:
+        handle.write('{"id": "ftevent-x", "mess')  # a crash in the middle of an append
+    assert [event["message"] for event in store.list_events(job.id)] == ["created"]
+    (tmp_path / "files" / "file-cut1.json").write_text('{"id": "file-cut1", ')
+    assert store.get_file("file-cut1") is None and store.list_files() == []
+    assert "warning: skipped" in capsys.readouterr().err
+
+
 def test_a_missing_job_is_none(tmp_path):
     assert Store(tmp_path).get_job("ftjob-nothere") is None
 
