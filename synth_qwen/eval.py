@@ -8,7 +8,8 @@ stored with purpose `eval`, one run `<eval run id>-m<i>` per model, resumable) �
 statistics with 95 % CIs → paired differences to the first model → a terminal table,
 report.json, report.md, achievements.png and GIF replays of each model's best and worst
 episode. `EVAL_RUN_IDS` reports on finished runs without playing.
-Exit 0 ok, 1 nothing could be evaluated, 2 bad settings, 130 on Ctrl-C.
+Exit 0 ok, 1 nothing could be evaluated (or the trace DB's PostgreSQL server cannot be reached),
+2 bad settings (an unwritable EVAL_REPORT_DIR or a CRAFTER_DB_URL that is no trace DB included), 130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from urllib.parse import quote, urlencode
 from rich.console import Console
 from rich.table import Table
 
-from synth_qwen import run_stats, stats, tracing
+from synth_qwen import preflight, run_stats, stats, tracing
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.replay import replay_to_file
@@ -351,6 +352,7 @@ def main() -> int:
         exit_usage(str(error))
     name = settings.eval_run_ids[0] if not playing else settings.eval_run_id or new_run_id("eval")
     report_dir = settings.eval_report_dir or Path("reports") / name
+    preflight.ready_or_exit(db=(settings.crafter_db_url, playing), dirs={"EVAL_REPORT_DIR": report_dir})
     if playing:
         last_seed = settings.eval_seed + settings.eval_episodes - 1
         console.print(f"evaluation {name}: {len(settings.models)} model(s) × {settings.eval_episodes} episodes on "

@@ -14,7 +14,9 @@ turn (DAgger, relabel.py). Examples are validated (sft_format), deduplicated, sp
 written to temp files renamed at the end.
 
 Exit 0 when examples were written (or would be, with --dry-run); 1 when the DB is missing or
-unreadable or nothing passes (the funnel says where it all went); 2 on bad settings.
+unreadable, its PostgreSQL server cannot be reached, or nothing passes (the funnel says where it all
+went); 2 on bad settings (an output that cannot be written or a CRAFTER_DB_URL that is no SQLite
+trace DB included).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from functools import lru_cache
 
 import sqlalchemy as sa
 
-from synth_qwen import tracing
+from synth_qwen import preflight, tracing
 from synth_qwen.atomic_file import AtomicFile
 from synth_qwen.settings import FilterSettings, load, redact
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
@@ -466,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     f = Funnel(db=redact(s.crafter_db_url), mode=s.filter_mode, output=str(s.output_jsonl),
                validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run,
                relabelled_by=s.filter_relabel)
+    outputs = {} if s.filter_dry_run else {"OUTPUT_JSONL": s.output_jsonl, "FILTER_VALIDATION_JSONL": validation}
+    preflight.ready_or_exit(db=(s.crafter_db_url, False), files=outputs)
     try:
         engine = tracing.open_db(s.crafter_db_url, create=False)
     except (tracing.MissingDatabase, sa.exc.SQLAlchemyError) as error:

@@ -12,6 +12,7 @@ writes an MP4 when imageio can (pip install imageio-ffmpeg).
 """
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 import sqlalchemy as sa
 from PIL import Image, ImageDraw, ImageFont
 
-from synth_qwen import tracing
+from synth_qwen import preflight, tracing
 from synth_qwen.tracing import Session, Step
 from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, StepResult
 from synth_qwen.settings import ReplaySettings, exit_usage, load
@@ -125,14 +126,19 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = FPS) -> None:
     import imageio.v3 as iio  # a dependency of crafter itself
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".mp4":
-        try:
-            iio.imwrite(path, np.stack(frames), fps=fps, macro_block_size=1)
-        except (ImportError, ValueError, RuntimeError, OSError):
-            raise RuntimeError("cannot write MP4: imageio has no video backend here; "
-                               "pip install imageio-ffmpeg, or use --out x.gif") from None
-        return
-    iio.imwrite(path, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+    temp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # never half a video at `path`
+    try:
+        if path.suffix.lower() == ".mp4":
+            try:
+                iio.imwrite(temp, np.stack(frames), fps=fps, macro_block_size=1)
+            except (ImportError, ValueError, RuntimeError, OSError):
+                raise RuntimeError("cannot write MP4: imageio has no video backend here; "
+                                   "pip install imageio-ffmpeg, or use --out x.gif") from None
+        else:
+            iio.imwrite(temp, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def replay_to_file(engine: sa.Engine, session_id: str, path: Path, size: int = FRAME_SIZE) -> str | None:
@@ -145,6 +151,8 @@ def replay_to_file(engine: sa.Engine, session_id: str, path: Path, size: int = F
 
 def main(argv: list[str] | None = None) -> int:
     s = load(ReplaySettings, argv=sys.argv[1:] if argv is None else argv)
+    out = s.replay_out or Path("replays") / f"{s.session_id}.gif"
+    preflight.ready_or_exit(db=(s.crafter_db_url, False), files={"REPLAY_OUT": out})
     try:
         engine = tracing.open_db(s.crafter_db_url, create=False)
         trace = load_trace(engine, s.session_id)
@@ -158,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the replay does not reproduce the trace at {divergence}. The trace is corrupted, or it "
               f"was recorded by different game code (crafter version, difficulty presets).", file=sys.stderr)
         return 1
-    out = s.replay_out or Path("replays") / f"{s.session_id}.gif"
     try:
         write_video(frames, out, s.replay_fps)
     except RuntimeError as error:

@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from synth_qwen import stats
+from synth_qwen import preflight, stats
 from synth_qwen.settings import RoundsSettings, exit_usage, install_sigterm_as_interrupt, load, redact
 
 RANDOM = "builtin:random"
@@ -241,6 +241,7 @@ def main() -> int:
     s = load(RoundsSettings)
     install_sigterm_as_interrupt()
     check_seeds(s)
+    preflight.ready_or_exit(db=(s.crafter_db_url, True), dirs={"ROUNDS_DIR": s.rounds_dir})
     s.rounds_dir.mkdir(parents=True, exist_ok=True)
     temperatures = [f"{t:g}" for t in s.rounds_eval_temperatures]
     rounds = Rounds(s)

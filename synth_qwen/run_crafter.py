@@ -5,7 +5,9 @@
 
 Settings → seeds → episodes (concurrently) → trace → summary. Rerunning with the same
 CRAFTER_RUN_ID skips finished episodes and redoes incomplete ones. Exit 0 when the run
-finished, 1 when no episode could reach its policy, 2 on bad settings, 130 on Ctrl-C.
+finished, 1 when no episode could reach its policy (or the trace DB's PostgreSQL server cannot be
+reached), 2 on bad settings (an unwritable output or a CRAFTER_DB_URL that is no trace DB included),
+130 on Ctrl-C.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from synth_qwen import run_stats
+from synth_qwen import preflight, run_stats
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.rollout import new_run_id
@@ -53,6 +55,8 @@ def main() -> int:
             inference_base_url()
     except SettingsError as error:
         exit_usage(str(error))
+    preflight.ready_or_exit(db=(settings.crafter_db_url, True),
+                            files={"CRAFTER_SUMMARY_JSON": settings.crafter_summary_json})
     run_id = settings.crafter_run_id or new_run_id()
     console.print(f"run {run_id}: {settings.crafter_episodes} episodes of {settings.crafter_model} on "
                   f"{settings.crafter_difficulty}, seeds {settings.crafter_seed}..{settings.crafter_seed + settings.crafter_episodes - 1}, "

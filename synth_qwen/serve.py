@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -17,14 +18,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from synth_qwen import sft_format, train_worker
+from synth_qwen import preflight, sft_format, train_worker
 from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
 from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, hyperparameter_problem, seed_problem
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
-from synth_qwen.settings import ServeSettings, load
+from synth_qwen.settings import ServeSettings, SettingsError, exit_usage, load
 from synth_qwen.tiny_model import TINY_MODEL_ID
 from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpoint, WorkerError, WorkerEvent,
                                      WorkerMetrics, WorkerResult)
@@ -78,6 +81,10 @@ async def errors_middleware(request: web.Request, handler):
             raise
         return web.json_response(ApiError(error.status, f"{request.method} {request.path}: {error.reason}",
                                           code=error.reason.lower().replace(" ", "_")).body, status=error.status)
+    except Exception as error:  # a bug: the client still gets OpenAI's error shape; the traceback goes to the log
+        logging.getLogger("synth_qwen.serve").exception("%s %s failed", request.method, request.path)
+        return web.json_response(ApiError(500, f"Internal server error ({type(error).__name__}); see the server log.",
+                                          type="server_error", code="internal_error").body, status=500)
 
 
 @web.middleware
@@ -127,13 +134,26 @@ def model_spec(app: web.Application, name: str) -> ModelSpec | None:
     record = store.models().get(name)
     if record:
         return record.spec
-    if (Path(name) / "config.json").is_file():
-        return ModelSpec(key=name, kind="hf", path=str(Path(name).resolve()))
+    local = local_model_dir(settings.serve_models_dir, name)
+    if local:
+        return ModelSpec(key=name, kind="hf", path=str(local))
     if name.count("/") == 1 and hf_cached(name):
         return ModelSpec(key=name, kind="hf", path=name)
     if settings.serve_allow_download and name.count("/") == 1:
         return ModelSpec(key=name, kind="hf", path=name, allow_download=True)
     return None
+
+
+def local_model_dir(root: Path | None, name: str) -> Path | None:
+    """SERVE_MODELS_DIR/<name> when it holds a model (a config.json). Nothing outside that folder is
+    ever looked at, so a request cannot probe which directories exist on the machine."""
+    if root is None or not name or Path(name).is_absolute():
+        return None
+    root = root.resolve()
+    folder = (root / name).resolve()
+    if not folder.is_relative_to(root) or not (folder / "config.json").is_file():
+        return None
+    return folder
 
 
 def training_base(spec: ModelSpec) -> ModelSpec:
@@ -187,19 +207,13 @@ async def create_file(request: web.Request) -> web.Response:
         raise ApiError(400, "Upload files as multipart/form-data with fields 'file' and 'purpose'.")
     purpose, filename, temp = None, None, store.upload_temp_path()
     try:
-        reader = await request.multipart()
-        async for part in reader:
-            if part.name == "purpose":
-                purpose = (await part.text()).strip()
-            elif part.name == "file":
-                filename = Path(part.filename or "upload.jsonl").name
-                size = 0
-                with open(temp, "wb") as handle:
-                    while chunk := await part.read_chunk(1 << 16):
-                        size += len(chunk)
-                        if size > limit:
-                            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
-                        handle.write(chunk)
+        try:
+            purpose, filename = await read_upload(request, temp, limit)
+        except (ValueError, AssertionError, LookupError, HttpProcessingError, aiohttp.ClientPayloadError) as error:
+            # aiohttp's parser says "no boundary", "invalid boundary", a bad part header or a cut-off body
+            # with these; a non-UTF-8 purpose is a UnicodeDecodeError (a ValueError)
+            raise ApiError(400, f"Malformed multipart/form-data body: {error or type(error).__name__}. "
+                                "Send fields 'file' and 'purpose' (UTF-8).", code="invalid_multipart") from None
         if filename is None:
             raise ApiError(400, "Missing multipart field 'file'.", param="file")
         if not purpose:
@@ -207,6 +221,24 @@ async def create_file(request: web.Request) -> web.Response:
         return web.json_response(store.add_file(filename, purpose, temp))
     finally:
         temp.unlink(missing_ok=True)
+
+
+async def read_upload(request: web.Request, temp: Path, limit: int) -> tuple[str | None, str | None]:
+    """(purpose, file name) of a multipart upload; the file's bytes go to `temp`."""
+    purpose, filename = None, None
+    async for part in await request.multipart():
+        if part.name == "purpose":
+            purpose = (await part.text()).strip()
+        elif part.name == "file":
+            filename = Path(part.filename or "upload.jsonl").name
+            size = 0
+            with open(temp, "wb") as handle:
+                while chunk := await part.read_chunk(1 << 16):
+                    size += len(chunk)
+                    if size > limit:
+                        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                    handle.write(chunk)
+    return purpose, filename
 
 
 def found_or_404(request: web.Request, kind: str, id_param: str, get):
@@ -381,7 +413,7 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
             stderr=log, env=worker_env())
     state.training = TrainingRun(job.id, process)
     name = fine_tuned_name(job, base.key)
-    result, error_message = None, None
+    result, failure = None, None
     async for raw in process.stdout:
         try:
             message = WORKER_MESSAGE.validate_json(raw)
@@ -399,7 +431,7 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
         elif isinstance(message, WorkerResult):
             result = message
         elif isinstance(message, WorkerError):
-            error_message = message.message
+            failure = message
     returncode = await process.wait()
     state.training = None
     job = store.get_job(job.id)
@@ -415,7 +447,8 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
                                                    "steady_tokens_per_second": result.steady_tokens_per_second,
                                                    "train_seconds": result.train_seconds})
         return finish_job(store, job, "succeeded")
-    finish_job(store, job, "failed", JobError(code="training_failed", message=error_message or
+    finish_job(store, job, "failed", JobError(code=failure.code if failure else "training_failed",
+                                              message=failure.message if failure else
                                               f"training worker exited with status {returncode}; see {job_dir}/worker.log"))
 
 
@@ -550,12 +583,32 @@ class InferenceWorker:
                 self.process.kill()
 
 
-def chat_request(body: dict) -> dict:
-    messages = body.get("messages")
+def chat_messages(messages) -> list[dict]:
+    """The messages as the chat template takes them, or a 400 naming the first bad one. As in OpenAI's
+    API, content is a string or a list of text parts (joined by newlines here, as vLLM does), and only
+    an assistant message that carries tool_calls may leave it out."""
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and m.get("role") in sft_format.ROLES for m in messages):
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects with roles "
                             f"{', '.join(sft_format.ROLES)}.", param="messages")
+    checked = []
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text"
+                                             and isinstance(part.get("text"), str) for part in content):
+            content = "\n".join(part["text"] for part in content)
+        elif content is None and not (message["role"] == "assistant" and message.get("tool_calls")):
+            raise ApiError(400, f"messages[{index}].content is required for a {message['role']} message.",
+                           param=f"messages[{index}].content")
+        elif content is not None and not isinstance(content, str):
+            raise ApiError(400, f"messages[{index}].content must be a string or a list of text parts "
+                                '({"type": "text", "text": "..."}).', param=f"messages[{index}].content")
+        checked.append({**message, "content": content})
+    return checked
+
+
+def chat_request(body: dict) -> dict:
+    messages = chat_messages(body.get("messages"))
     if body.get("stream"):
         raise ApiError(400, "stream=true is not supported by this server.", param="stream")
     if body.get("n", 1) != 1:
@@ -634,6 +687,16 @@ def make_app(settings: ServeSettings) -> web.Application:
 async def start_background(app: web.Application) -> None:
     app["job_queue"] = asyncio.Queue()
     app["runner"] = asyncio.create_task(job_runner(app))
+    for job in app["store"].waiting_jobs():  # jobs a restart found waiting keep their place in line
+        if job.status == "queued":
+            await app["job_queue"].put(job.id)
+            continue
+        spec = model_spec(app, job.model)
+        if spec is None:
+            finish_job(app["store"], job, "failed", JobError(code="model_not_found", param="model", message=(
+                f"The model {job.model!r} is no longer available here after a restart.")))
+        else:
+            app["background"].add(asyncio.create_task(validate_job(app, job.id, spec)))
 
 
 async def stop_background(app: web.Application) -> None:
@@ -649,16 +712,25 @@ async def stop_background(app: web.Application) -> None:
 
 def main() -> None:
     settings = load(ServeSettings)
+    preflight.ready_or_exit(dirs={"SERVE_DATA_DIR": settings.serve_data_dir},
+                            inputs={"SERVE_MODELS_DIR": settings.serve_models_dir})
+    try:
+        preflight.listenable(settings.serve_host, settings.serve_port)  # before the data dir is made
+    except SettingsError as error:
+        exit_usage(str(error))
     settings.serve_data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(settings)
     for job_id in app["interrupted"]:
-        print(f"serve: job {job_id} was interrupted by a restart; marked failed", flush=True)
+        print(f"serve: job {job_id} was running when the server stopped; marked failed", flush=True)
     runner = web.AppRunner(app)
 
     async def serve_forever() -> None:
         await runner.setup()
         site = web.TCPSite(runner, settings.serve_host, settings.serve_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as error:  # taken since the preflight
+            exit_usage(str(preflight.cannot_listen(settings.serve_host, settings.serve_port, error)))
         port = site._server.sockets[0].getsockname()[1]
         base = f"http://{settings.serve_host}:{port}"
         print(f"serve: listening on {base}/v1 (also {base}/api and {base}/api/v1)", flush=True)

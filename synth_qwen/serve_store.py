@@ -156,10 +156,10 @@ class Store:
         return self.files_dir / f".upload-{secrets.token_hex(8)}.part"
 
     def get_file(self, file_id: str) -> dict | None:
-        return read_json(self.files_dir / f"{check_id('file', file_id)}.json")
+        return readable(self.files_dir / f"{check_id('file', file_id)}.json", lambda saved: saved)
 
     def list_files(self, purpose: str | None = None) -> list[dict]:
-        files = [read_json(path) for path in self.files_dir.glob("file-*.json")]
+        files = [readable(path, lambda saved: saved) for path in self.files_dir.glob("file-*.json")]
         files = [meta for meta in files if meta and (purpose is None or meta["purpose"] == purpose)]
         return sorted(files, key=lambda meta: (meta["created_at"], meta["id"]), reverse=True)
 
@@ -202,7 +202,13 @@ class Store:
         path = self.job_dir(job_id) / "events.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()][::-1]
+        events = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a line torn by a crash in the middle of an append
+                continue
+        return events[::-1]
 
     def add_checkpoint(self, job_id: str, checkpoint: dict) -> None:
         path = self.job_dir(job_id) / "checkpoints.json"
@@ -212,11 +218,12 @@ class Store:
         return read_json(self.job_dir(job_id) / "checkpoints.json", [])[::-1]
 
     def fail_interrupted_jobs(self) -> list[str]:
-        """Jobs left active by a server that died: mark failed (never stuck). Returns their ids."""
+        """Jobs a server that died left running: mark failed (never stuck; its weights are half-trained).
+        Jobs still waiting (validating_files, queued) are not touched: `waiting_jobs` resumes them."""
         failed = []
         for job in self.list_jobs():
-            if job.status in ACTIVE_STATUSES:
-                message = f"The server stopped while this job was {job.status}; create a new job to retry."
+            if job.status == "running":
+                message = "The server stopped while this job was running; create a new job to retry."
                 job.status, job.finished_at = "failed", now()
                 job.error = JobError(code="server_restarted", message=message)
                 self.save_job(job)
@@ -224,25 +231,35 @@ class Store:
                 failed.append(job.id)
         return failed
 
+    def waiting_jobs(self) -> list[FineTuningJob]:
+        """Jobs not started yet (validating_files, queued), oldest first: the order they run in."""
+        waiting = [job for job in self.list_jobs() if job.status in ACTIVE_STATUSES and job.status != "running"]
+        return waiting[::-1]
+
     # ---- models -------------------------------------------------------------------------
     def models(self) -> dict[str, ModelRecord]:
-        return {model_id: ModelRecord.model_validate(record)
-                for model_id, record in read_json(self.models_path, {}).items()}
+        return readable(self.models_path, lambda saved: {
+            model_id: ModelRecord.model_validate(record) for model_id, record in (saved or {}).items()}) or {}
 
     def add_model(self, model_id: str, record: ModelRecord) -> None:
         models = self.models()
+        if not models and self.models_path.exists():  # unreadable: kept aside, not overwritten
+            os.replace(self.models_path, self.models_path.with_name(f"models.json.unreadable-{now()}"))
         models[model_id] = record
         write_json(self.models_path, {model_id: record.model_dump(mode="json", exclude_defaults=True)
                                       for model_id, record in models.items()})
 
 
 def read_job(folder: Path) -> FineTuningJob | None:
-    """None when the folder has no job.json, or one that cannot be read (serve never writes half a
-    file, but a disk or a hand can): that one is reported on stderr and skipped, never fatal."""
-    path = folder / "job.json"
+    """None when the folder has no job.json, or an unreadable one (reported and skipped)."""
+    return readable(folder / "job.json", lambda saved: FineTuningJob.model_validate(saved) if saved else None)
+
+
+def readable(path: Path, parse):
+    """parse(the JSON at `path`, None when missing); None when the file cannot be read (serve never
+    writes half a file, but a disk or a hand can): that is reported on stderr and skipped, never fatal."""
     try:
-        saved = read_json(path)
-        return FineTuningJob.model_validate(saved) if saved else None
+        return parse(read_json(path))
     except (OSError, UnicodeDecodeError, ValueError) as error:  # JSON and validation errors are ValueErrors
         print(f"warning: skipped {path}: unreadable ({type(error).__name__}: {str(error).splitlines()[0][:120]})",
               file=sys.stderr, flush=True)

@@ -33,6 +33,7 @@ DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ACTIONS_PER_TURN = 5  # CRAFTER_ACTIONS_PER_TURN's default; also the length of a route hint
 DEFAULT_SFT_JSONL = Path("ft_data/qwen4b_crafter_sft.jsonl")  # filter_traces writes it, sft_kickoff reads it
+LARGEST_SEED = 2**31 - 1  # session_traces.seed is a 32-bit integer (PostgreSQL's `integer`)
 LOCAL_SERVICE_URL = "http://localhost:8000/api"
 LOOPBACK_PLACEHOLDER_KEY = "sk-local-placeholder"
 DOTENV = ".env"  # read from the working directory
@@ -70,7 +71,8 @@ def load(model: type[Model], overrides: dict | None = None, argv: list[str] | No
         cli, toml_file = read_cli(model, argv) if argv is not None else ({}, None)
         layers = [  # lowest precedence first, each with the words that say where a bad value came from
             (f"from {toml_file}", read_toml(model, toml_file) if toml_file else {}),
-            (f"from {DOTENV}", own_fields(model, DotEnvSettingsSource(model, env_file=Path.cwd() / DOTENV)())),
+            (f"from {DOTENV}", own_fields(model, read_dotenv(
+                lambda: DotEnvSettingsSource(model, env_file=Path.cwd() / DOTENV)()))),
             ("", EnvSettingsSource(model)()),
             ("from the command line", cli),
             ("", overrides or {}),
@@ -82,6 +84,15 @@ def load(model: type[Model], overrides: dict | None = None, argv: list[str] | No
         return parse(model, values, origins)
     except SettingsError as error:
         exit_usage(str(error))
+
+
+def read_dotenv(read):
+    """`read()` of the .env file, or one line when the file is not UTF-8 text."""
+    try:
+        return read()
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"{DOTENV} is not UTF-8 text ({error.reason} at byte {error.start}): "
+                            f"save it as UTF-8") from None
 
 
 def own_fields(model: type[BaseSettings], layer: dict) -> dict:
@@ -120,6 +131,8 @@ def read_toml(model: type[Settings], path: Path) -> dict:
         values = tomllib.loads(path.read_text()).get(table, {})
     except FileNotFoundError:
         raise SettingsError(f"config file {path} does not exist") from None
+    except OSError as error:  # a folder, no permission
+        raise SettingsError(f"config file {path} cannot be read ({error.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SettingsError(f"config file {path} is not valid TOML: {error}") from None
     if not isinstance(values, dict):
@@ -203,7 +216,8 @@ def check_http_url(url: str) -> str:
 
 def environment() -> dict[str, str]:
     """The environment over the .env file, for the endpoint variables that no model holds."""
-    from_file = {name: value or "" for name, value in dotenv_values(Path.cwd() / DOTENV).items()}  # NAME alone: None
+    from_file = {name: value or "" for name, value in  # NAME alone: None
+                 read_dotenv(lambda: dotenv_values(Path.cwd() / DOTENV)).items()}
     return {**without_blanks(from_file), **without_blanks(os.environ)}
 
 
@@ -296,6 +310,19 @@ class RolloutSettings(Settings):
             raise ValueError(f"builtin policies are {', '.join(BUILTIN_POLICIES)}")
         return value
 
+    @model_validator(mode="after")
+    def _last_seed(self):
+        check_last_seed("CRAFTER_SEED", self.crafter_seed, "CRAFTER_EPISODES", self.crafter_episodes)
+        return self
+
+
+def check_last_seed(seed_name: str, first: int, count_name: str, count: int) -> None:
+    """Episode i plays seed first + i: the last one must fit the trace DB's seed column."""
+    if first + count - 1 > LARGEST_SEED:
+        raise ValueError(f"{seed_name}={first} with {count_name}={count} plays seeds up to {first + count - 1}, "
+                         f"beyond {LARGEST_SEED} (the trace DB stores seeds as 32-bit integers): "
+                         f"lower {seed_name} or {count_name}")
+
 
 BUILTIN_POLICIES = ("builtin:expert", "builtin:random")
 RELABEL_TEACHERS = ("builtin:expert",)  # who may relabel a student's turns (relabel.py)
@@ -376,6 +403,11 @@ class EvalSettings(RolloutSettings):
     def _models(cls, models: list[str]) -> list[str]:
         return [RolloutSettings._model(model) for model in models]
 
+    @model_validator(mode="after")
+    def _last_eval_seed(self):
+        check_last_seed("EVAL_SEED", self.eval_seed, "EVAL_EPISODES", self.eval_episodes)
+        return self
+
     @property
     def models(self) -> list[str]:
         return self.eval_models or [self.crafter_model]
@@ -401,6 +433,13 @@ class RoundsSettings(Settings):
     crafter_db_url: DbUrl = DEFAULT_DB_URL
     eval_seed: int = Field(100_000, ge=0, lt=2**31 - 1)
     eval_episodes: int = Field(20, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _last_seeds(self):
+        training = self.rounds_teacher_episodes + (self.rounds - 1) * self.rounds_student_episodes
+        check_last_seed("CRAFTER_SEED", self.crafter_seed, "the rounds' training episodes", training)
+        check_last_seed("EVAL_SEED", self.eval_seed, "EVAL_EPISODES", self.eval_episodes)
+        return self
 
     @field_validator("rounds_teacher")
     @classmethod
@@ -431,8 +470,9 @@ class ServeSettings(Settings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(8000, ge=0, le=65535)  # 0 = any free port (printed at start)
     serve_data_dir: Path = Path("serve_data")
+    serve_models_dir: Path | None = None  # local model folders, served by their path below it; unset: none
     serve_api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
-    serve_max_upload_mb: float = Field(512.0, gt=0)
+    serve_max_upload_mb: float = Field(512.0, gt=0, le=1 << 20)  # at most 1 TiB (inf cannot size a buffer)
     serve_device: Literal["auto", "cpu", "cuda"] = "auto"
     serve_allow_download: bool = False  # may base models be fetched from the Hugging Face Hub?
     serve_tiny_size: Literal["micro", "small", "medium"] = "small"  # rows of tiny_model.SIZES
@@ -542,6 +582,13 @@ class ReplaySettings(Settings):
     replay_out: Path | None = Field(None, description="output file, .gif or .mp4; unset: replays/SESSION_ID.gif")
     replay_size: int = Field(320, ge=32, le=4096, description="frame width in pixels")
     replay_fps: int = Field(8, ge=1, le=100, description="frames per second")
+
+    @field_validator("replay_out")
+    @classmethod
+    def _video_file(cls, path: Path | None) -> Path | None:
+        if path is not None and path.suffix.lower() not in (".gif", ".mp4"):
+            raise ValueError("name a .gif or .mp4 file")
+        return path
 
 
 class WorldStatsSettings(Settings):

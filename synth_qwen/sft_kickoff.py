@@ -19,6 +19,7 @@ from pathlib import Path
 import openai
 from openai.types.fine_tuning import FineTuningJob
 
+from synth_qwen import preflight
 from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.fine_tuning_api import TERMINAL_STATUSES
 from synth_qwen.settings import (KickoffSettings, SettingsError, exit_usage, install_sigterm_as_interrupt,
@@ -231,8 +232,9 @@ def main() -> int:
         for name, path in (("QWEN_TRAINING_JSONL", s.qwen_training_jsonl), ("SFT_VALIDATION_JSONL", s.sft_validation_jsonl)):
             if path is not None and not path.is_file():
                 exit_usage(f"{name}={str(path)!r} is invalid: no such file (run python -m synth_qwen.filter_traces first)")
-    client = openai.OpenAI(base_url=base_url, api_key=learning_api_key(), max_retries=5, timeout=120)
     state_path = s.state_file
+    preflight.ready_or_exit(state_files={"SFT_STATE_FILE": state_path})  # before the upload, whose file id it keeps
+    client = openai.OpenAI(base_url=base_url, api_key=learning_api_key(), max_retries=5, timeout=120)
     install_sigterm_as_interrupt()
     job_id = s.sft_job_id
     try:

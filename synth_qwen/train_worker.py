@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -97,6 +98,7 @@ class WorkerResult(BaseModel):
 class WorkerError(BaseModel):
     type: Literal["error"] = "error"
     message: str
+    code: str = "training_failed"  # the job's error code; Diverged.code when training could not work
 
 
 WorkerMessage = Annotated[WorkerEvent | WorkerMetrics | WorkerCheckpoint | WorkerResult | WorkerError,
@@ -236,6 +238,35 @@ def load_base(spec: TrainingSpec, reporter: Reporter):
     return model, tokenizer, training_template
 
 
+class Diverged(Exception):
+    """The loss or the weights stopped being finite numbers: the job fails, no model is published."""
+    code = "training_diverged"
+
+
+class NothingToTrain(Diverged):
+    """No token would be trained (the loss would read 0 and the job "succeed" having learned nothing)."""
+    code = "no_trained_tokens"
+
+
+def divergence(logs: dict) -> str | None:
+    """Why these logged metrics show a diverged run (a NaN or infinite loss or gradient), or None."""
+    for key in ("loss", "grad_norm"):
+        value = logs.get(key)
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"the training {key.replace('_', ' ')} became {value}"
+    return None
+
+
+def nonfinite_weights(model) -> list[str]:
+    import torch
+
+    return [name for name, weights in model.named_parameters() if weights.requires_grad and
+            not bool(torch.isfinite(weights).all())]
+
+
+DIVERGED_HINT = "the learning rate is too high for this data: lower learning_rate_multiplier"
+
+
 def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
     from transformers import TrainerCallback
 
@@ -260,6 +291,9 @@ def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
             with open(metrics_path, "a", newline="") as handle:
                 csv.writer(handle).writerow(row.model_dump().values())
             reporter.send(WorkerMetrics(data=row, total_steps=state.max_steps))
+            problem = divergence(logs)
+            if problem:  # stops the trainer; main() reports it as the job's error
+                raise Diverged(f"{problem} at step {state.global_step}; {DIVERGED_HINT}")
 
         def on_step_end(self, args, state, control, **kwargs):
             self.last_step = (time.perf_counter(), state.num_input_tokens_seen)
@@ -272,6 +306,10 @@ def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             if cancel_flag.exists():
                 return
+            broken = nonfinite_weights(model)
+            if broken:  # never published as a checkpoint model
+                raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {state.global_step} "
+                               f"(first: {broken[0]}); {DIVERGED_HINT}")
             folder = job_dir / "checkpoints" / f"step-{state.global_step}"
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
@@ -301,6 +339,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     reporter.event(f"Tokenized {len(rows)} examples ({tokens_per_epoch:,} tokens"
                    + (f", {truncated} truncated to {spec.max_seq_len}" if truncated else "") + ")",
                    level="warn" if truncated else "info")
+    if not any(label != -100 for row in rows for label in row["labels"]):  # the loss would read 0: nothing learned
+        raise NothingToTrain(f"no example keeps an assistant token to train on within {spec.max_seq_len} tokens "
+                       f"(SERVE_MAX_SEQ_LEN): every reply was truncated away")
     eval_rows = None
     if spec.validation_file:
         eval_rows = [encode_example(tokenizer, training_template, example, spec.max_seq_len)
@@ -335,6 +376,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
+    broken = nonfinite_weights(trainer.model)
+    if broken:  # a NaN between two logged steps: the loss looked fine, the weights are not
+        raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
     epochs_run = trainer.state.epoch or 0
     output_dir = Path(spec.output_dir)
     trainer.save_model(str(output_dir))
@@ -357,7 +401,10 @@ def main() -> None:
         import traceback
 
         traceback.print_exc()
-        reporter.send(WorkerError(message=f"{type(error).__name__}: {error}"))
+        if isinstance(error, Diverged):  # a reason for the user, not a bug
+            reporter.send(WorkerError(message=str(error), code=error.code))
+        else:
+            reporter.send(WorkerError(message=f"{type(error).__name__}: {error}"))
         raise SystemExit(1)
 
 

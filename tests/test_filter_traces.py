@@ -408,8 +408,8 @@ def test_a_kill_mid_write_leaves_the_old_file_whole_and_no_partial_output(tmp_pa
     assert out.stat().st_size > LIMIT  # the whole new file, every line valid JSON
 
 
-def test_a_failed_rename_leaves_nothing_behind(mixed_db, tmp_path):
-    (tmp_path / "sft.jsonl").mkdir()  # the target is a folder: every line is written, the rename fails
+def test_an_unwritable_output_is_refused_before_reading(mixed_db, tmp_path):
+    (tmp_path / "sft.jsonl").mkdir()  # the target is a folder: refused up front (preflight), nothing written
     done = cli(tmp_path, "-d", str(mixed_db), "-o", "sft.jsonl", *OPEN)
-    assert done.returncode == 1 and "cannot write the output" in done.stderr
+    assert done.returncode == 2 and "OUTPUT_JSONL='sft.jsonl' is invalid: it is a folder" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl"] and not any((tmp_path / "sft.jsonl").iterdir())

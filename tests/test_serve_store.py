@@ -111,22 +111,46 @@ def test_a_new_model_is_saved_in_the_earlier_shape(tmp_path):
     assert store.models()[spec.key].spec == spec
 
 
-def test_jobs_list_newest_first_and_a_restart_fails_the_jobs_it_interrupted(tmp_path):
+def test_jobs_list_newest_first_and_a_restart_fails_only_the_running_job(tmp_path):
     store = Store(tmp_path)
-    statuses = ["validating_files", "queued", "running", "succeeded", "cancelled"]
+    statuses = ["validating_files", "queued", "running", "succeeded", "cancelled", "queued"]
     for created_at, status in enumerate(statuses):
         store.save_job(new_job(f"ftjob-{created_at}", created_at=created_at, status=status))
-    assert [job.id for job in store.list_jobs()] == ["ftjob-4", "ftjob-3", "ftjob-2", "ftjob-1", "ftjob-0"]
+    assert [job.id for job in store.list_jobs()] == [f"ftjob-{i}" for i in range(5, -1, -1)]
 
-    assert sorted(store.fail_interrupted_jobs()) == ["ftjob-0", "ftjob-1", "ftjob-2"]
+    assert store.fail_interrupted_jobs() == ["ftjob-2"]
     jobs = {job.id: job for job in store.list_jobs()}
-    for job_id, was in zip(["ftjob-0", "ftjob-1", "ftjob-2"], statuses):
-        job = jobs[job_id]
-        assert job.status == "failed" and job.finished_at and job.error.code == "server_restarted"
-        assert f"while this job was {was}" in job.error.message
-        assert store.list_events(job_id)[0]["level"] == "error"
-    assert [jobs["ftjob-3"].status, jobs["ftjob-4"].status] == ["succeeded", "cancelled"]
-    assert store.fail_interrupted_jobs() == []  # nothing is left active
+    failed = jobs["ftjob-2"]
+    assert failed.status == "failed" and failed.finished_at and failed.error.code == "server_restarted"
+    assert "while this job was running" in failed.error.message
+    assert store.list_events("ftjob-2")[0]["level"] == "error"
+    assert [jobs[f"ftjob-{i}"].status for i in (0, 1, 3, 4, 5)] == [
+        "validating_files", "queued", "succeeded", "cancelled", "queued"]  # waiting jobs keep waiting
+    assert [job.id for job in store.waiting_jobs()] == ["ftjob-0", "ftjob-1", "ftjob-5"]  # in submission order
+    assert store.fail_interrupted_jobs() == []  # nothing is left running
+
+
+def test_an_unreadable_models_json_is_reported_skipped_and_kept_aside(tmp_path, capsys):
+    store = Store(tmp_path)
+    store.models_path.write_text('{"ft:x": {"created": ')  # cut short by hand
+    assert store.models() == {} and "warning: skipped" in capsys.readouterr().err
+    spec = ModelSpec.model_validate(TINY_BASE)
+    store.add_model("ft:y", ModelRecord(created=1, job_id="ftjob-1", spec=spec))
+    assert list(store.models()) == ["ft:y"]
+    [aside] = tmp_path.glob("models.json.unreadable-*")
+    assert aside.read_text() == '{"ft:x": {"created": '  # never overwritten
+
+
+def test_a_cut_file_record_and_a_torn_event_line_are_skipped(tmp_path, capsys):
+    store = Store(tmp_path)
+    job = store.save_job(new_job())
+    store.add_event(job.id, "created")
+    with open(store.job_dir(job.id) / "events.jsonl", "a") as handle:
+        handle.write('{"id": "ftevent-x", "mess')  # a crash in the middle of an append
+    assert [event["message"] for event in store.list_events(job.id)] == ["created"]
+    (tmp_path / "files" / "file-cut1.json").write_text('{"id": "file-cut1", ')
+    assert store.get_file("file-cut1") is None and store.list_files() == []
+    assert "warning: skipped" in capsys.readouterr().err
 
 
 def test_a_missing_job_is_none(tmp_path):
@@ -140,7 +164,7 @@ def test_an_unreadable_job_json_is_reported_and_skipped(tmp_path, capsys, broken
     path = tmp_path / "jobs" / bad.id / "job.json"
     path.write_bytes(broken if isinstance(broken, bytes) else broken.encode())  # truncated, incomplete, not UTF-8
     assert store.get_job(bad.id) is None and [job.id for job in store.list_jobs()] == [good.id]
-    assert store.fail_interrupted_jobs() == [good.id]  # what serve does at start: the others still work
+    assert [job.id for job in store.waiting_jobs()] == [good.id]  # what serve does at start: the others still work
     assert f"warning: skipped {path}: unreadable" in capsys.readouterr().err
 
 
