@@ -184,6 +184,16 @@ def load_base(spec: TrainingSpec, reporter: Reporter):
     return model, tokenizer, training_template
 
 
+def linear_layer_names(model) -> list[str]:
+    """PEFT's "all-linear" (every linear layer but the output head), as the short names (q_proj,
+    ..., down_proj) that adapter_config.json then lists, the form vLLM's --lora-modules expects."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
+
+
 def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
     from transformers import TrainerCallback
 
@@ -273,7 +283,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank,
-                                 target_modules="all-linear", lora_dropout=0.05, task_type="CAUSAL_LM")
+                                 target_modules=linear_layer_names(model), lora_dropout=0.05, task_type="CAUSAL_LM")
     progress = make_callback(reporter, tokenizer, job_dir)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
