@@ -160,7 +160,9 @@ def template_literals() -> list[str]:
 
 QWEN3_SHAPED_ID = "local/qwen3-shaped"
 # Shapes: "test" for CPU tests (~9.8M params, nearly all of them the 151,936 x 64 embedding);
-# "gpu-check" (~0.3B) for scripts/gpu_check.sh. Qwen3-4B for scale: hidden 2560, 36 layers.
+# "gpu-check" (~0.28B) for scripts/gpu_check.py, saved in bfloat16 as Qwen3-4B ships (so
+# dtype="auto" loads it as the 4B loads). Qwen3-4B for scale: hidden 2560, 36 layers.
+QWEN3_SAVED_DTYPE = {"test": "float32", "gpu-check": "bfloat16"}
 QWEN3_SHAPES = {
     "test": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=16, intermediate_size=192),
@@ -173,7 +175,7 @@ def ensure_qwen3_shaped(data_dir: str | Path, shape: str = "test") -> Path:
     """Directory of the Qwen3-shaped model, building it once (as `ensure` builds the tiny one)."""
     template = chat_template()
     ranks = hashlib.sha256(qwen_format.ranks_file().read_bytes()).hexdigest()
-    recipe = [QWEN3_SHAPES[shape], template, ranks, qwen_format.pre_tokenizer_pattern(),
+    recipe = [QWEN3_SHAPES[shape], QWEN3_SAVED_DTYPE[shape], template, ranks, qwen_format.pre_tokenizer_pattern(),
               sorted(qwen_format.QWEN3_ADDED_TOKENS.items()), INIT_SEED]  # any change: a new model
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
     target = Path(data_dir) / "base_models" / f"qwen3-shaped-{shape}-{key}"
@@ -225,4 +227,4 @@ def build_qwen3_model(shape: str):
     model = Qwen3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=[ids[token] for token in qwen_format.STOP_TOKENS],
                                                pad_token_id=config.pad_token_id)
-    return model
+    return model.to(getattr(torch, QWEN3_SAVED_DTYPE[shape]))
