@@ -667,7 +667,7 @@ def main() -> None:
         base = f"http://{settings.serve_host}:{port}"
         print(f"serve: listening on {base}/v1 (also {base}/api and {base}/api/v1)", flush=True)
         print(f"serve: data {settings.serve_data_dir.resolve()}, device {settings.serve_device}, "
-              f"models {TINY_MODEL_ID} + {len(app['store'].models())} fine-tuned, "
+              f"models {' + '.join(BUILT_IN_MODELS)} + {len(app['store'].models())} fine-tuned, "
               f"auth {'on' if settings.serve_api_key else 'off'}", flush=True)
         await asyncio.Event().wait()
 
