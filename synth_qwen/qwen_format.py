@@ -54,9 +54,10 @@ TOOL_CALL_BLOCK = re.compile(re.escape(TOOL_CALL_START) + "(.*?)" + re.escape(TO
 @lru_cache(maxsize=None)  # read once per process: filter_traces renders every example
 def chat_template(kind: str = "inference") -> str:
     """Qwen3-Instruct-2507's template as shipped in the installed trl (training = with generation markers)."""
-    import trl
+    import importlib.util
 
-    path = Path(trl.__file__).parent / "chat_templates" / TEMPLATE_FILES[kind]
+    trl = importlib.util.find_spec("trl")  # located, not imported (an import costs ~1 s)
+    path = Path(trl.origin).parent / "chat_templates" / TEMPLATE_FILES[kind] if trl else Path("trl")
     if not path.exists():
         raise RuntimeError(f"{path} not found: install trl>=1.16 (Qwen3-Instruct-2507's chat template comes from it)")
     return path.read_text(encoding="utf-8")

@@ -29,7 +29,7 @@ def test_labels_cover_only_trained_assistant_turns(tmp_path):
     from transformers import AutoTokenizer
 
     from synth_qwen import tiny_model
-    from synth_qwen.train_worker import encode_example
+    from synth_qwen.qwen_format import encode_example
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model.ensure(tmp_path, "micro"))
     example = crafter_examples(2, seed=0, with_history=True)[-1]
