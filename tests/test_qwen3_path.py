@@ -44,6 +44,8 @@ def client(server):
 def job(client, tmp_path_factory):
     path = write_jsonl(tmp_path_factory.mktemp("files") / "train.jsonl", training_rows())
     training_file = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    # 40 steps at 50 x the LoRA rate: enough for a 64-wide random model to write the reply greedily
+    # (its logits over 151,936 tokens stay nearly flat, so the loss barely moves while argmax is right).
     created = client.fine_tuning.jobs.create(
         model=QWEN3_SHAPED_ID, training_file=training_file.id, seed=3,
         hyperparameters={"n_epochs": 4, "batch_size": 1, "learning_rate_multiplier": 50})
