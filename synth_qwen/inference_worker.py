@@ -4,16 +4,14 @@ Holds models (a few, least recently used evicted) and answers chat requests read
 stdin (a `ChatRequest` each) with JSON lines on stdout (a `ChatAnswer` or a `ChatFailure`).
 Concurrent requests for the same model decode together (continuous batching, see `Batch`), so
 many concurrent episodes cost little more than one; each answer is written as soon as its row
-stops. Qwen's `<tool_call>` output is parsed into OpenAI
-tool calls here; output that does not parse stays plain content (never an error).
+stops. When the request offers tools, Qwen's `<tool_call>` output becomes OpenAI tool calls as
+vLLM's hermes parser makes them (qwen_format); output that does not parse stays plain content.
 torch is imported only when the worker runs; serve imports just the request and answer records.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
-import re
 import secrets
 import sys
 import threading
@@ -23,12 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from synth_qwen.action_schema import tool_call
+from synth_qwen import qwen_format
 from synth_qwen.serve_store import ModelSpec
 
-TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 DEFAULT_MAX_TOKENS = 512
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 class ChatRequest(BaseModel):
@@ -62,34 +58,6 @@ class ChatFailure(BaseModel):
 
 
 WORKER_ANSWER = TypeAdapter(ChatAnswer | ChatFailure)  # WORKER_ANSWER.validate_json(line) in serve
-
-
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
-    """(content, tool_calls) from Qwen output; any malformed call -> the whole text as content."""
-    blocks = TOOL_CALL.findall(text)
-    if not blocks:
-        return text.strip() or None, []
-    calls = []
-    for block in blocks:
-        try:
-            call = json.loads(block)
-        except ValueError:
-            return text.strip() or None, []
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or \
-                not isinstance(call.get("arguments", {}), dict):
-            return text.strip() or None, []
-        calls.append(tool_call(f"call_{secrets.token_hex(12)}", json.dumps(call.get("arguments", {})), call["name"]))
-    content = TOOL_CALL.sub("", text).strip()
-    return content or None, calls
-
-
-def chat_message(text: str, finish_reason: str) -> tuple[dict, str]:
-    content, calls = parse_tool_calls(text)
-    message = {"role": "assistant", "content": content}
-    if calls:
-        message["tool_calls"] = calls
-        finish_reason = "tool_calls"
-    return message, finish_reason
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,14 +105,12 @@ class Models:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from synth_qwen import tiny_model
+
         local_only = not spec.allow_download
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         base = spec.base or spec
-        base_path = base.path
-        if base.kind == "tiny":
-            from synth_qwen import tiny_model
-
-            base_path = str(tiny_model.ensure(base.data_dir, base.size))
+        base_path = tiny_model.local_path(base)
         model_path = spec.path if spec.path and spec.kind != "tiny" else base_path
         if spec.adapter:
             from peft import PeftModel
@@ -155,7 +121,7 @@ class Models:
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local_only)
         model.to(self.device).eval()
-        stop_ids = {tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS} | {tokenizer.eos_token_id}
+        stop_ids = {tokenizer.convert_tokens_to_ids(token) for token in qwen_format.STOP_TOKENS} | {tokenizer.eos_token_id}
         stop_ids.discard(None)
         stop_ids.discard(tokenizer.unk_token_id)
         limit_cpu_threads(model, self.device)
@@ -163,11 +129,7 @@ class Models:
 
 
 def prompt_ids(tokenizer, request: ChatRequest) -> list[int]:
-    from synth_qwen.train_worker import chat_messages
-
-    return list(tokenizer.apply_chat_template(
-        chat_messages(request.messages), tools=request.tools or None,
-        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    return qwen_format.prompt_ids(tokenizer, request.messages, request.tools)
 
 
 def generate_batch(model, tokenizer, stop_ids: list[int], requests: list[ChatRequest], device: str) -> list[ChatAnswer]:
@@ -274,7 +236,8 @@ class Batch:
 
     def answer(self, row: dict) -> ChatAnswer:
         text = self.tokenizer.decode(row["tokens"], skip_special_tokens=True)
-        message, finish_reason = chat_message(text, "stop" if row["stopped"] else "length")
+        message, finish_reason = qwen_format.assistant_message(text, "stop" if row["stopped"] else "length",
+                                                               row["request"].tools)
         prompt, completion = row["prompt_tokens"], len(row["tokens"]) + row["stopped"]
         return ChatAnswer(id=row["request"].id, message=message, finish_reason=finish_reason,
                           usage=Usage(prompt_tokens=prompt, completion_tokens=completion,

@@ -28,7 +28,7 @@ from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, h
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
 from synth_qwen.settings import ServeSettings, SettingsError, exit_usage, load
-from synth_qwen.tiny_model import TINY_MODEL_ID
+from synth_qwen.tiny_model import QWEN3_SHAPED_ID, TINY_MODEL_ID
 from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpoint, WorkerError, WorkerEvent,
                                      WorkerMetrics, WorkerResult)
 
@@ -124,13 +124,18 @@ def page_args(request: web.Request, listing: str = "other") -> tuple[str | None,
 
 
 # ---------------------------------------------------------------------------------------
-# Models: the tiny built-in, local Hugging Face models, and what jobs produced
+# Models: the built-in two, local Hugging Face models, and what jobs produced
+
+BUILT_IN_MODELS = (TINY_MODEL_ID, QWEN3_SHAPED_ID)  # built under SERVE_DATA_DIR on first use
+
 
 def model_spec(app: web.Application, name: str) -> ModelSpec | None:
     """How the workers load `name`, or None when it is unknown here (never downloads unless allowed)."""
     settings, store = app["settings"], app["store"]
     if name == TINY_MODEL_ID:
         return ModelSpec(key=name, kind="tiny", size=settings.serve_tiny_size, data_dir=str(store.root))
+    if name == QWEN3_SHAPED_ID:  # a Hugging Face model like any other, once built (tiny_model.local_path)
+        return ModelSpec(key=name, kind="hf", data_dir=str(store.root))
     record = store.models().get(name)
     if record:
         return record.spec
@@ -181,7 +186,7 @@ def model_object(model_id: str, created: int = 0, owned_by: str = "system") -> d
 
 
 async def list_models(request: web.Request) -> web.Response:
-    models = [model_object(TINY_MODEL_ID)]
+    models = [model_object(model_id) for model_id in BUILT_IN_MODELS]
     models += [model_object(model_id, record.created, "user") for model_id, record in
                request.app["store"].models().items()]
     return web.json_response({"object": "list", "data": models})
@@ -735,7 +740,7 @@ def main() -> None:
         base = f"http://{settings.serve_host}:{port}"
         print(f"serve: listening on {base}/v1 (also {base}/api and {base}/api/v1)", flush=True)
         print(f"serve: data {settings.serve_data_dir.resolve()}, device {settings.serve_device}, "
-              f"models {TINY_MODEL_ID} + {len(app['store'].models())} fine-tuned, "
+              f"models {' + '.join(BUILT_IN_MODELS)} + {len(app['store'].models())} fine-tuned, "
               f"auth {'on' if settings.serve_api_key else 'off'}", flush=True)
         await asyncio.Event().wait()
 

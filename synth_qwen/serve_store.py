@@ -66,12 +66,12 @@ def read_json(path: Path, default=None):
 class ModelSpec(BaseModel):
     """How a worker loads a model. Saved without its default fields (`model_dump(exclude_defaults=True)`),
     so models.json keeps the shape it always had: tiny {key, kind, size, data_dir}, hf {key, kind, path},
-    ft {key, kind, path, adapter, base}."""
+    ft {key, kind, path, adapter, base}; the built-in local/qwen3-shaped is hf {key, kind, data_dir}."""
     key: str  # the name requests use; the inference worker caches loaded models by it
     kind: Literal["tiny", "hf", "ft"]  # the built-in tiny model, a Hugging Face model, a job's output
     path: str | None = None  # hf: a local dir or hub id; ft: the weights (or adapter) a job wrote
     size: str | None = None  # tiny: SERVE_TINY_SIZE
-    data_dir: str | None = None  # tiny: where its weights are built
+    data_dir: str | None = None  # tiny and local/qwen3-shaped: where their weights are built
     allow_download: bool = False  # hf: SERVE_ALLOW_DOWNLOAD and not cached yet
     adapter: bool | None = None  # ft: path holds a LoRA adapter for `base`, else full weights
     base: ModelSpec | None = None  # ft: the root base model it was trained from

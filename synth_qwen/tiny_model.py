@@ -1,9 +1,14 @@
-"""The built-in offline base model `local/tiny-qwen3`.
+"""The built-in offline base models `local/tiny-qwen3` and `local/qwen3-shaped`.
 
 Qwen3 architecture, deterministic random init, a small byte-level BPE trained here on Crafter
 text, and Qwen3-Instruct-2507's chat template loaded from the installed `trl` package (never
 copied into this repo). Built on first use in seconds and cached under the serve data dir.
 A real Qwen vocabulary (152k) would make a model this small ~15x slower, hence the own BPE.
+
+`local/qwen3-shaped` is the opposite trade: Qwen3's real tokenizer (151,936 rows), special tokens
+and template on a small random Qwen3, so tests run the path Qwen3-4B-Instruct-2507 takes (a LoRA
+adapter, not a full fine-tune). Its parameters are nearly all embedding; it is for proving the
+format and the adapter plumbing, not for playing Crafter.
 """
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from synth_qwen import qwen_format
+from synth_qwen.qwen_format import (CHAT_MARKER_TOKENS, CHAT_SPECIAL_TOKENS, EOS_TOKEN, PAD_TOKEN, chat_template,
+                                    tool_call_block)
 from synth_qwen.settings import DEFAULT_ACTIONS_PER_TURN
 
 TINY_MODEL_ID = "local/tiny-qwen3"
@@ -33,23 +41,6 @@ MAX_POSITIONS = 8192
 INIT_SEED = 0
 CORPUS_SEEDS = (1, 2, 3)  # Crafter worlds walked at random for observation text
 CORPUS_STEPS_PER_SEED = 120
-
-# Chat scaffolding tokens, as in Qwen3's tokenizer. Special ones are stripped when decoding;
-# the tool-call markers are plain added tokens so decoded text keeps them (as in Qwen's own).
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-MARKER_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
-TEMPLATE_FILES = {"inference": "qwen3_instruct_2507.jinja", "training": "qwen3_instruct_2507_training.jinja"}
-
-
-def chat_template(kind: str = "inference") -> str:
-    """Qwen3-Instruct-2507's template as shipped in the installed trl (training = with generation markers)."""
-    import trl
-
-    path = Path(trl.__file__).parent / "chat_templates" / TEMPLATE_FILES[kind]
-    if not path.exists():
-        raise RuntimeError(f"{path} not found: install trl>=1.16 (the tiny model takes its chat template from it)")
-    return path.read_text(encoding="utf-8")
-
 
 def ensure(data_dir: str | Path, size: str = "small") -> Path:
     """Directory of the tiny model for `size`, building it once (atomic rename, safe across processes)."""
@@ -75,6 +66,16 @@ def ensure(data_dir: str | Path, size: str = "small") -> Path:
     return target
 
 
+def local_path(spec) -> str:
+    """Where a worker loads a base model (a serve_store.ModelSpec) from: the built-in ones are
+    built here on first use, any other is its own path (a local dir or a hub id)."""
+    if spec.kind == "tiny":
+        return str(ensure(spec.data_dir, spec.size))
+    if spec.key == QWEN3_SHAPED_ID:
+        return str(ensure_qwen3_shaped(spec.data_dir))
+    return spec.path
+
+
 def build_tokenizer(corpus: list[str], vocab_size: int):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -82,13 +83,13 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + MARKER_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_SPECIAL_TOKENS + CHAT_MARKER_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     raw.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
                                         bos_token=None, unk_token=None)
-    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
-    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in MARKER_TOKENS + domain_tokens()])
+    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_SPECIAL_TOKENS})
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in CHAT_MARKER_TOKENS + domain_tokens()])
     tokenizer.chat_template = chat_template("inference")
     return tokenizer
 
@@ -108,7 +109,7 @@ def build_model(tokenizer, size: str):
 
     spec = dict(SIZES[size], vocab_size=len(tokenizer))
     config = Qwen3Config(**spec, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         eos_token_id=tokenizer.convert_tokens_to_ids(EOS_TOKEN),
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     torch.manual_seed(INIT_SEED)
     model = Qwen3ForCausalLM(config)
@@ -143,7 +144,7 @@ def corpus_texts() -> list[str]:
 def tool_call_text(rng: random.Random, actions: list[str], tool_name: str) -> str:
     chosen = [rng.choice(actions) for _ in range(rng.randint(1, DEFAULT_ACTIONS_PER_TURN))]
     arguments = {"actions": chosen, "reasoning": f"{chosen[0].replace('_', ' ')} then continue"}
-    return "<tool_call>\n" + json.dumps({"name": tool_name, "arguments": arguments}) + "\n</tool_call><|im_end|>"
+    return tool_call_block(tool_name, json.dumps(arguments)) + EOS_TOKEN
 
 
 def template_literals() -> list[str]:
@@ -151,3 +152,79 @@ def template_literals() -> list[str]:
     template = chat_template()
     literals = re.findall(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"", template)
     return [(a or b).encode().decode("unicode_escape") for a, b in literals if (a or b).strip()] * 20
+
+
+# ---------------------------------------------------------------------------------------
+# `local/qwen3-shaped`: the real Qwen3 tokenizer and template on a small random Qwen3, so the
+# path Qwen3-4B-Instruct-2507 takes (full vocabulary, LoRA, adapter export) runs offline on CPU.
+
+QWEN3_SHAPED_ID = "local/qwen3-shaped"
+# Shapes: "test" for CPU tests (~9.8M params, nearly all of them the 151,936 x 64 embedding);
+# "gpu-check" (~0.28B) for scripts/gpu_check.py, saved in bfloat16 as Qwen3-4B ships (so
+# dtype="auto" loads it as the 4B loads). Qwen3-4B for scale: hidden 2560, 36 layers.
+QWEN3_SAVED_DTYPE = {"test": "float32", "gpu-check": "bfloat16"}
+QWEN3_SHAPES = {
+    "test": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=16, intermediate_size=192),
+    "gpu-check": dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=3072),
+}
+
+
+def ensure_qwen3_shaped(data_dir: str | Path, shape: str = "test") -> Path:
+    """Directory of the Qwen3-shaped model, building it once (as `ensure` builds the tiny one)."""
+    template = chat_template()
+    ranks = hashlib.sha256(qwen_format.ranks_file().read_bytes()).hexdigest()
+    recipe = [QWEN3_SHAPES[shape], QWEN3_SAVED_DTYPE[shape], template, ranks, qwen_format.pre_tokenizer_pattern(),
+              sorted(qwen_format.QWEN3_ADDED_TOKENS.items()), INIT_SEED]  # any change: a new model
+    key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
+    target = Path(data_dir) / "base_models" / f"qwen3-shaped-{shape}-{key}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        tokenizer = build_qwen3_tokenizer()
+        build_qwen3_model(shape).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process finished first; its copy is identical
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_qwen3_tokenizer():
+    """Qwen3's tokenizer from its BPE ranks: Qwen's pre-tokenizer split, byte-level BPE, NFC, the
+    added tokens at their real ids, eos/pad and the Instruct-2507 template."""
+    from tokenizers import AddedToken, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    raw = TikTokenConverter(vocab_file=str(qwen_format.ranks_file()), pattern=qwen_format.pre_tokenizer_pattern()).converted()
+    raw.normalizer = normalizers.NFC()
+    for id_, (token, special) in sorted(qwen_format.QWEN3_ADDED_TOKENS.items()):
+        raw.add_tokens([AddedToken(token, special=special, normalized=False)])
+        if raw.token_to_id(token) != id_:
+            raise RuntimeError(f"{token} got id {raw.token_to_id(token)}, Qwen3 has {id_}")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                        bos_token=None, unk_token=None, model_max_length=MAX_POSITIONS)
+    tokenizer.chat_template = chat_template("inference")
+    return tokenizer
+
+
+def build_qwen3_model(shape: str):
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    ids = {token: id_ for id_, (token, _) in qwen_format.QWEN3_ADDED_TOKENS.items()}
+    config = Qwen3Config(**QWEN3_SHAPES[shape], vocab_size=qwen_format.QWEN3_VOCAB_SIZE,
+                         max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+                         bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN])
+    torch.manual_seed(INIT_SEED)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[ids[token] for token in qwen_format.STOP_TOKENS],
+                                               pad_token_id=config.pad_token_id)
+    return model.to(getattr(torch, QWEN3_SAVED_DTYPE[shape]))

@@ -5,9 +5,10 @@ reports progress as JSON lines on stdout (a `WorkerMessage` each: event, metrics
 or error); anything else the libraries print goes to stderr (serve keeps it in JOB_DIR/worker.log).
 
 Loss falls only on assistant turns with weight 1: examples are pre-tokenized here into
-`input_ids` + `labels` (-100 over system/user/tool text and over weight-0 assistant turns),
-because TRL has no per-message weight. The tiny model is fully fine-tuned; real Hugging Face
-models get a LoRA adapter on all linear projections.
+`input_ids` + `labels` (-100 over system/user/tool text and over weight-0 assistant turns, see
+`qwen_format.encode_example`), because TRL has no per-message weight. The tiny model is fully
+fine-tuned; real Hugging Face models (and `local/qwen3-shaped`) get a LoRA adapter on all linear
+projections.
 This module imports torch only inside main(): serve reads its tables without it.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from synth_qwen import qwen_format
 from synth_qwen.serve_store import Hyperparameters, ModelSpec
 
 # Training defaults per base-model kind; "auto" hyperparameters resolve from here.
@@ -136,51 +138,7 @@ def resolve_hyperparameters(requested: Hyperparameters, kind: str, n_examples: i
 
 
 # ---------------------------------------------------------------------------------------
-# Examples -> input_ids + labels
-
-def chat_messages(messages: list[dict]) -> list[dict]:
-    """OpenAI messages as Qwen's template reads them: developer -> system, text parts -> string."""
-    out = []
-    for message in messages:
-        message = {key: value for key, value in message.items() if key != "weight"}
-        if message.get("role") == "developer":
-            message["role"] = "system"
-        if isinstance(message.get("content"), list):
-            message["content"] = "".join(part.get("text", "") for part in message["content"])
-        if message.get("content") is None:
-            message["content"] = ""
-        out.append(message)
-    return out
-
-
-def encode_example(tokenizer, training_template: str, example: dict, max_length: int) -> dict:
-    """input_ids + labels; labels are -100 except inside assistant turns whose weight is 1."""
-    messages = example["messages"]
-    encoded = tokenizer.apply_chat_template(
-        chat_messages(messages), tools=example.get("tools") or None, chat_template=training_template,
-        tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    input_ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])
-    weights = [message.get("weight", 1) for message in messages if message["role"] == "assistant"]
-    spans = mask_spans(mask)
-    if len(spans) != len(weights):
-        raise ValueError(f"chat template marked {len(spans)} assistant spans for {len(weights)} assistant messages")
-    labels = [-100] * len(input_ids)
-    for (start, end), weight in zip(spans, weights):
-        if weight:
-            labels[start:end] = input_ids[start:end]
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
-
-
-def mask_spans(mask: list[int]) -> list[tuple[int, int]]:
-    spans, start = [], None
-    for index, bit in enumerate(mask + [0]):
-        if bit and start is None:
-            start = index
-        elif not bit and start is not None:
-            spans.append((start, index))
-            start = None
-    return spans
-
+# Examples (qwen_format.encode_example turns each into input_ids + labels)
 
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as handle:
@@ -208,14 +166,10 @@ def load_base(spec: TrainingSpec, reporter: Reporter):
     """(model, tokenizer, training chat template) for the job's base model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = spec.base
-    if base.kind == "tiny":
-        from synth_qwen import tiny_model
+    from synth_qwen import tiny_model
 
-        path = tiny_model.ensure(base.data_dir, base.size)
-        training_template = tiny_model.chat_template("training")
-    else:
-        path = base.path
+    base = spec.base
+    path = tiny_model.local_path(base)
     if base.init_path and not base.init_adapter:
         path = base.init_path  # a fine-tuned model's full weights (the tiny model's jobs)
     local_only = not base.allow_download
@@ -225,13 +179,7 @@ def load_base(spec: TrainingSpec, reporter: Reporter):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, base.init_path, is_trainable=True)
-    if base.kind != "tiny":
-        from trl.chat_template_utils import get_training_chat_template
-
-        training_template = get_training_chat_template(tokenizer) or tokenizer.chat_template
-        if "generation" not in (training_template or ""):
-            raise RuntimeError(f"{path}: its chat template has no assistant markers TRL knows; "
-                               "cannot restrict the loss to assistant turns")
+    training_template = qwen_format.training_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     reporter.event(f"Loaded base model {spec.model} ({sum(p.numel() for p in model.parameters()):,} parameters)")
@@ -265,6 +213,16 @@ def nonfinite_weights(model) -> list[str]:
 
 
 DIVERGED_HINT = "the learning rate is too high for this data: lower learning_rate_multiplier"
+
+
+def linear_layer_names(model) -> list[str]:
+    """PEFT's "all-linear" (every linear layer but the output head), as the short names (q_proj,
+    ..., down_proj) that adapter_config.json then lists, the form vLLM's --lora-modules expects."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
@@ -333,7 +291,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     defaults = TRAINING_DEFAULTS[spec.base.kind]
     hyper = spec.hyperparameters
     examples = read_jsonl(spec.training_file)
-    rows = [encode_example(tokenizer, training_template, example, spec.max_seq_len) for example in examples]
+    rows = [qwen_format.encode_example(tokenizer, training_template, example, spec.max_seq_len) for example in examples]
     truncated = sum(len(row["input_ids"]) == spec.max_seq_len for row in rows)
     tokens_per_epoch = sum(len(row["input_ids"]) for row in rows)
     reporter.event(f"Tokenized {len(rows)} examples ({tokens_per_epoch:,} tokens"
@@ -344,7 +302,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
                        f"(SERVE_MAX_SEQ_LEN): every reply was truncated away")
     eval_rows = None
     if spec.validation_file:
-        eval_rows = [encode_example(tokenizer, training_template, example, spec.max_seq_len)
+        eval_rows = [qwen_format.encode_example(tokenizer, training_template, example, spec.max_seq_len)
                      for example in read_jsonl(spec.validation_file)]
 
     device = resolve_device(spec.device)
@@ -366,7 +324,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank,
-                                 target_modules="all-linear", lora_dropout=0.05, task_type="CAUSAL_LM")
+                                 target_modules=linear_layer_names(model), lora_dropout=0.05, task_type="CAUSAL_LM")
     progress = make_callback(reporter, tokenizer, job_dir)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,

@@ -284,7 +284,8 @@ def test_episode_mode_needs_calls_that_saw_the_whole_episode(tmp_path, capsys):
 
 def test_token_cap_counts_with_qwens_tokenizer(endpoint_db, tmp_path, capsys):
     counter = filter_traces.TokenCounter()
-    assert counter.qwen is not None and counter.qwen("<|im_start|><tool_call></tool_call><|im_end|>") == 4
+    # <|im_start|> user \n hi <|im_end|> \n
+    assert counter.qwen is not None and counter.qwen({"messages": [{"role": "user", "content": "hi"}]}) == 6
     db, _ = endpoint_db
     _, report, examples = run_filter(capsys, db, tmp_path / "all.jsonl", *OPEN, "--max-example-tokens", "1000000")
     longest = report["max_example_tokens_seen"]
