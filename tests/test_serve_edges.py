@@ -167,7 +167,7 @@ def test_a_job_with_nothing_to_train_fails_and_publishes_no_model(tmp_path):
         job = wait_for_job(client, client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=data.id).id)
         assert job.status == "failed" and job.error.code == "no_trained_tokens", job
         assert "SERVE_MAX_SEQ_LEN" in job.error.message and job.fine_tuned_model is None
-        assert [model.id for model in client.models.list().data] == [TINY_MODEL_ID]
+        assert not any(model.id.startswith("ft:") for model in client.models.list().data)  # nothing published
     finally:
         server.stop()
 
