@@ -21,8 +21,8 @@ def rollout_env(tmp_path: Path, **values) -> dict:
     return env
 
 
-def run_module(module: str, env: dict, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module], env=env, cwd=cwd, capture_output=True,
+def run_module(module: str, env: dict, cwd: Path, timeout: float = 300, args: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -62,19 +62,28 @@ def canary_url():
 
 
 def test_no_password_or_key_in_any_output(tmp_path, canary_url):
-    """run_crafter and eval against a password-protected DB and a keyed endpoint: the password and the
-    key appear in no line printed, no report file and no row stored."""
+    """run_crafter, eval, filter_traces and replay against a password-protected DB and a keyed endpoint:
+    the password and the key appear in no line printed, no file written and no row stored."""
     with ScriptedEndpoint() as endpoint:
         env = rollout_env(tmp_path, crafter_model="canary-model", crafter_episodes=2, crafter_max_steps=3,
                           crafter_db_url=canary_url, openai_base_url=endpoint.base_url, openai_api_key=CANARY_KEY,
                           eval_models="builtin:random canary-model", eval_episodes=2, eval_replays="false",
-                          eval_report_dir=str(tmp_path / "report"))
-        outputs = [run_module(module, env, tmp_path) for module in ("synth_qwen.run_crafter", "synth_qwen.eval")]
+                          eval_report_dir=str(tmp_path / "report"), crafter_run_id="canary-run",
+                          output_jsonl=str(tmp_path / "sft.jsonl"), min_total_reward=-1)
+        outputs = [run_module(module, env, tmp_path) for module in
+                   ("synth_qwen.run_crafter", "synth_qwen.eval", "synth_qwen.filter_traces")]
+    engine = tracing.open_db(canary_url, create=False)
+    session_id = tracing.sessions(engine)[0].session_id
+    engine.dispose()
+    outputs.append(run_module("synth_qwen.replay", dict(env, REPLAY_OUT=str(tmp_path / "r.gif")), tmp_path,
+                              args=[session_id]))
     for done in outputs:
         assert done.returncode == 0, done.stderr
     texts = [done.stdout + done.stderr for done in outputs]
-    assert "synth_canary:***@" in texts[0] and "synth_canary:***@" in texts[1]  # the URL is shown, masked
-    texts += [path.read_text() for path in (tmp_path / "report").iterdir() if path.suffix in (".json", ".md")]
+    assert all("synth_canary:***@" in text for text in texts[:3])  # the URL is shown, masked
+    written = [path for path in tmp_path.rglob("*") if path.is_file() and path.suffix in (".json", ".md", ".jsonl", ".gif")]
+    assert {path.suffix for path in written} == {".json", ".md", ".jsonl", ".gif"}
+    texts += [path.read_bytes().decode("latin-1") for path in written]
     with psycopg.connect(canary_url) as conn:  # every text and JSON column of every table
         for (table,) in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"):
             texts += [json.dumps(row, default=str) for row in conn.execute(f"SELECT * FROM {table}")]
