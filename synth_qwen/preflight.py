@@ -100,7 +100,7 @@ def trace_db(url: str, create: bool = True, variable: str = "CRAFTER_DB_URL") ->
 
     path = sqlite_path(url)
     if path is None:
-        return reach_postgres(url, variable)
+        return reach_postgres(url, variable, create)
     if path.is_dir():
         raise invalid(variable, url, f"{path} is a folder, not a SQLite file")
     if not path.exists():
@@ -137,15 +137,22 @@ def sqlite_file(variable: str, url: str, path: Path, writable: bool) -> None:
         raise invalid(variable, url, f"{path} cannot be read as SQLite ({error})") from None
 
 
-def reach_postgres(url: str, variable: str) -> None:
+def reach_postgres(url: str, variable: str, create: bool = False) -> None:
+    """The server lets us in; with `create`, the trace tables exist or this role may create them."""
     import sqlalchemy as sa
 
-    from synth_qwen.tracing import sqlalchemy_url
+    from synth_qwen.tracing import session_traces, sqlalchemy_url
 
     engine = sa.create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+            if create and not sa.inspect(conn).has_table(session_traces.name) and not conn.execute(sa.text(
+                    "SELECT has_schema_privilege(current_schema(), 'CREATE')")).scalar():
+                role, schema = conn.execute(sa.text("SELECT current_user, current_schema()")).one()
+                raise Unreachable(f"the trace DB {variable}={redact(url)} has no trace tables and role {role} may "
+                                  f"not create tables in schema {schema}: GRANT CREATE ON SCHEMA {schema} TO "
+                                  f"{role}, or use a database the role owns")
     except sa.exc.DBAPIError as error:
         reason = " ".join(str(error.orig).split())  # psycopg's message, on one line
         raise Unreachable(f"cannot connect to the trace DB {variable}={redact(url)} ({redact(reason)}): "

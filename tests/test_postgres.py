@@ -90,3 +90,21 @@ def test_no_password_or_key_in_any_output(tmp_path, canary_url):
     assert len(texts) > 10
     leaks = [text[:200] for text in texts if CANARY_PASSWORD in text or CANARY_KEY in text]
     assert leaks == []
+
+
+def test_a_role_that_may_not_create_the_trace_tables_gets_one_line(tmp_path, postgres_url):
+    """A database whose schema this role may not create tables in: one line saying so, exit 1, before any
+    work (not a ProgrammingError traceback from the first CREATE TABLE)."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # as the database's owner
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    url = postgres_url.replace("synth_test:synth_test@", f"synth_canary:{CANARY_PASSWORD}@")
+    try:
+        psycopg.connect(url).close()
+    except psycopg.OperationalError:
+        pytest.skip("the synth_canary role is missing (scripts/ensure_postgres.sh creates it)")
+    env = rollout_env(tmp_path, crafter_model="builtin:random", crafter_episodes=1, crafter_max_steps=1,
+                      crafter_db_url=url)
+    done = run_module("synth_qwen.run_crafter", env, tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "role synth_canary may not create tables in schema public" in done.stderr
+    assert "Traceback" not in done.stderr and CANARY_PASSWORD not in done.stdout + done.stderr
