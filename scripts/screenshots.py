@@ -7,7 +7,6 @@ expert's turns become SFT examples (filter_traces, so the episode page shows the
 `python -m synth_qwen.view` is opened in headless Chromium (tests/browser.py). About a minute.
 """
 import asyncio
-import re
 import sys
 import tempfile
 from pathlib import Path

@@ -47,16 +47,24 @@ def ensure(data_dir: str | Path, size: str = "small") -> Path:
     corpus = corpus_texts()
     recipe = [SIZES[size], corpus, chat_template(), INIT_SEED, domain_tokens()]  # any change: a new model
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
-    target = Path(data_dir) / "base_models" / f"tiny-qwen3-{size}-{key}"
+
+    def build(staging: Path) -> None:
+        tokenizer = build_tokenizer(corpus, SIZES[size]["vocab_size"])
+        model = build_model(tokenizer, size)
+        tokenizer.save_pretrained(staging)
+        model.save_pretrained(staging)
+    return built_once(Path(data_dir) / "base_models" / f"tiny-qwen3-{size}-{key}", build)
+
+
+def built_once(target: Path, build) -> Path:
+    """`target`, made by build(staging folder) unless it exists: built aside and renamed into place,
+    so a reader never sees half a model and processes building it at once agree."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        tokenizer = build_tokenizer(corpus, SIZES[size]["vocab_size"])
-        model = build_model(tokenizer, size)
-        tokenizer.save_pretrained(staging)
-        model.save_pretrained(staging)
+        build(staging)
         try:
             os.rename(staging, target)
         except OSError:  # another process finished first; its copy is identical
@@ -178,22 +186,12 @@ def ensure_qwen3_shaped(data_dir: str | Path, shape: str = "test") -> Path:
     recipe = [QWEN3_SHAPES[shape], QWEN3_SAVED_DTYPE[shape], template, ranks, qwen_format.pre_tokenizer_pattern(),
               sorted(qwen_format.QWEN3_ADDED_TOKENS.items()), INIT_SEED]  # any change: a new model
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
-    target = Path(data_dir) / "base_models" / f"qwen3-shaped-{shape}-{key}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
+
+    def build(staging: Path) -> None:
         tokenizer = build_qwen3_tokenizer()
         build_qwen3_model(shape).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process finished first; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return built_once(Path(data_dir) / "base_models" / f"qwen3-shaped-{shape}-{key}", build)
 
 
 def build_qwen3_tokenizer():

@@ -24,7 +24,6 @@ import html
 import io
 import json
 import secrets
-import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from aiohttp import web
 from PIL import Image
 
 from synth_qwen import metrics, replay, run_stats, stats, tracing
-from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv
+from synth_qwen.crafter_env import CrafterEnv
 from synth_qwen.settings import ViewSettings, exit_usage, load, redact
 from synth_qwen.tracing import LMEvent, Message, Session, Step, session_traces as st
 

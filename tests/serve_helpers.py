@@ -73,6 +73,16 @@ class Server:
         return self.start()
 
 
+def wait_for(condition, timeout_s: float = 120) -> None:
+    """Poll until condition() holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
 def wait_for_job(client, job_id: str, timeout_s: float = 240):
     """Poll until the job is final (a generous bound: the test fails with the job state, not hangs)."""
     deadline = time.monotonic() + timeout_s

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from synth_qwen import tracing
-from rollout_helpers import REPO, rollout_env
+from rollout_helpers import rollout_env
 
 LEASE_S = 2  # short, so a takeover happens within the test
 
@@ -143,7 +143,7 @@ def test_three_processes_one_killed_and_restarted_finish_every_seed_once(tmp_pat
     fleet = [Process(env, tmp_path, f"process {i}") for i in range(3)]
     victim = fleet[2]
     incomplete = tracing.session_traces.c.status == "incomplete"
-    held_by_the_dead = freeze_while_playing(victim, db_url, incomplete)
+    freeze_while_playing(victim, db_url, incomplete)  # it holds episodes in flight
     victim.popen.send_signal(signal.SIGKILL)
     victim.finish()
     restarted = Process(env, tmp_path, "restarted process")

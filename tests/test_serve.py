@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from synth_qwen.tiny_model import TINY_MODEL_ID
-from serve_helpers import Server, crafter_examples, http, wait_for_job, write_jsonl
+from serve_helpers import Server, crafter_examples, http, wait_for, wait_for_job, write_jsonl
 from synth_qwen.sft_format import MIN_EXAMPLES
 
 pytestmark = pytest.mark.timeout(300)
@@ -295,17 +295,6 @@ def test_state_survives_a_restart(tmp_path):
         assert any(event.type == "metrics" for event in client.fine_tuning.jobs.list_events(job.id).data)
     finally:
         server.stop()
-
-
-def wait_for(condition, timeout_s: float = 120):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def wait_for_event(client, job_id: str, predicate, timeout_s: float = 120):

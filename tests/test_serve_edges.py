@@ -16,7 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from serve_helpers import Server, crafter_examples, wait_for_job, write_jsonl
+from serve_helpers import Server, crafter_examples, wait_for, wait_for_job, write_jsonl
 from synth_qwen.sft_format import MIN_EXAMPLES
 from synth_qwen.tiny_model import TINY_MODEL_ID
 
@@ -143,10 +143,10 @@ def test_queued_jobs_stay_queued_across_a_restart(tmp_path):
                                    .open("rb"), purpose="fine-tune")
         running = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=data.id,
                                                  hyperparameters={"n_epochs": 50, "batch_size": 1})
-        wait_until(lambda: client.fine_tuning.jobs.retrieve(running.id).status == "running")
+        wait_for(lambda: client.fine_tuning.jobs.retrieve(running.id).status == "running")
         waiting = [client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=data.id,
                                                   hyperparameters={"n_epochs": 1}) for _ in range(2)]
-        wait_until(lambda: all(client.fine_tuning.jobs.retrieve(j.id).status == "queued" for j in waiting))
+        wait_for(lambda: all(client.fine_tuning.jobs.retrieve(j.id).status == "queued" for j in waiting))
         server.restart()
         client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         stopped = client.fine_tuning.jobs.retrieve(running.id)
@@ -187,14 +187,3 @@ def test_a_non_finite_loss_or_weight_is_divergence():
     assert nonfinite_weights(layer) == ["bias"]
     layer.bias.requires_grad_(False)  # frozen weights (a LoRA base) are not ours to judge
     assert nonfinite_weights(layer) == []
-
-
-def wait_until(condition, timeout_s: float = 120):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")

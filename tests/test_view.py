@@ -150,7 +150,7 @@ def test_turns_that_became_training_examples_are_marked(site):
 
 def test_every_model_written_string_is_escaped(site):
     s = session(site, "xss", 1)
-    for path in ("/", f"/run/xss", f"/episode/{s.session_id}", f"/pair?a={s.session_id}&b={s.session_id}"):
+    for path in ("/", "/run/xss", f"/episode/{s.session_id}", f"/pair?a={s.session_id}&b={s.session_id}"):
         html = site.text(path)
         for raw in (XSS_REPLY, XSS_REASONING, XSS_MODEL):
             assert raw not in html  # never as markup
