@@ -204,6 +204,7 @@ class Runner:
         self.last_seed = settings.crafter_seed + settings.crafter_episodes - 1
         self.in_flight: set[str] = set()
         self.on_wait: Callable[[dict[int, str]], None] = lambda held: None
+        self.waiting = 0  # workers waiting for other processes' episodes
 
     def request_params(self) -> dict:
         return self.endpoint.request_params() if self.endpoint else {"model": self.s.crafter_model}
@@ -255,7 +256,11 @@ class Runner:
             if not states.held:
                 return None
             self.on_wait(states.held)
-            await asyncio.sleep(self.POLL_S)
+            self.waiting += 1  # the more workers wait, the longer each sleeps: a few queries a second at most
+            try:
+                await asyncio.sleep(self.POLL_S * self.waiting)
+            finally:
+                self.waiting -= 1
 
     async def keep_alive(self) -> None:
         """Heartbeat the episodes in flight, well inside the lease."""
