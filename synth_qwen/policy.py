@@ -79,6 +79,7 @@ class BuiltinAgent:
         self.session_id = session_id
 
     async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
+        await asyncio.sleep(0)  # a turn is a chance for the other episodes and the lease heartbeat to run
         start = time.perf_counter()
         actions, reasoning = self.decide(observation)
         reply = builtin_reply(actions, reasoning, self.tool_mode, self.session_id, turn)

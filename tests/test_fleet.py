@@ -50,9 +50,13 @@ class Process:
             assert time.time() < deadline, f"{self.name} never printed {text!r}: {self.stderr}"
             time.sleep(0.05)
 
-    def finish(self, timeout_s: float = 300) -> tuple[int, str]:
-        out = self.popen.stdout.read()  # (not communicate(): it would read stderr too, under the reader)
-        self.popen.wait(timeout=timeout_s)
+    def finish(self, timeout_s: float = 180) -> tuple[int, str]:
+        try:  # (not communicate(): it would read stderr too, under the reader; stdout is a short summary)
+            self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            raise AssertionError(f"{self.name} did not end within {timeout_s}s: {self.stderr[-2000:]}") from None
+        out = self.popen.stdout.read()
         self.reader.join(timeout=10)
         return self.popen.returncode, out
 
@@ -221,3 +225,23 @@ def test_a_live_episode_is_never_taken_over_and_a_stale_one_is(db_url):
         owners = dict(conn.execute(sa.select(tracing.session_traces.c.seed, tracing.session_traces.c.owner)).all())
     assert owners == {1: "a", 2: "b"}
     engine.dispose()
+
+
+def test_a_long_episode_keeps_its_lease_while_it_plays(tmp_path):
+    """A builtin policy never waits on the network, yet the heartbeat must run while it plays: a second
+    process must wait for the long episode, not take it over after one lease."""
+    db_url = f"sqlite:///{tmp_path / 'long.db'}"
+    env = fleet_env(tmp_path, db_url, 1, crafter_model="builtin:expert", crafter_max_steps=1500,
+                    crafter_lease_s=1)
+    first = Process(env, tmp_path, "first process")
+    deadline = time.time() + 60
+    while not holds_episodes(db_url, first.pid, tracing.session_traces.c.status == "incomplete"):
+        assert time.time() < deadline and first.popen.poll() is None, first.stderr
+        time.sleep(0.05)
+    second = Process(env, tmp_path, "second process")
+    results = [first.finish(timeout_s=60), second.finish(timeout_s=60)]  # two processes taking it from
+    # each other (no heartbeat while playing) would never end
+    assert [code for code, _ in results] == [0, 0], first.stderr + second.stderr
+    assert first.stderr.count(" seed=") == 1 and " seed=" not in second.stderr  # played once, by the first
+    assert "taken over" not in first.stderr
+    assert_every_seed_finished_once(db_url, 1)
