@@ -287,7 +287,7 @@ def open_db(db_url: str, create: bool = True) -> sa.Engine:
     if path is not None:
         if not path.exists():
             if not create:
-                raise MissingDatabase(f"trace database {path} does not exist (CRAFTER_DB_URL={db_url})")
+                raise no_file(path, db_url)
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(sqlalchemy_url(db_url))
         sa.event.listen(engine, "connect", _sqlite_pragmas)
@@ -295,10 +295,18 @@ def open_db(db_url: str, create: bool = True) -> sa.Engine:
         engine = sa.create_engine(sqlalchemy_url(db_url), pool_pre_ping=True)
     if not create:
         with engine.connect() as conn:
-            if not sa.inspect(conn).has_table("session_traces"):
-                raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
+            require_trace_tables(conn, db_url)
     ensure_schema(engine, create)
     return engine
+
+
+def no_file(path: Path, db_url: str) -> MissingDatabase:
+    return MissingDatabase(f"trace database {path} does not exist (CRAFTER_DB_URL={db_url})")
+
+
+def require_trace_tables(conn, db_url: str) -> None:
+    if not sa.inspect(conn).has_table(session_traces.name):
+        raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
 
 
 def open_readonly(db_url: str) -> sa.Engine:
@@ -308,15 +316,14 @@ def open_readonly(db_url: str) -> sa.Engine:
     path = sqlite_path(db_url)
     if path is not None:
         if not path.exists():
-            raise MissingDatabase(f"trace database {path} does not exist (CRAFTER_DB_URL={db_url})")
+            raise no_file(path, db_url)
         engine = sa.create_engine(f"sqlite:///file:{quote(str(path.resolve()))}?mode=ro&uri=true")
         sa.event.listen(engine, "connect", _sqlite_readonly_pragmas)
     else:
         engine = sa.create_engine(sqlalchemy_url(db_url), pool_pre_ping=True,
                                   connect_args={"options": "-c default_transaction_read_only=on"})
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("session_traces"):
-            raise MissingDatabase(f"{db_url} has no trace tables (was it written by run_crafter?)")
+        require_trace_tables(conn, db_url)
         found = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
     if found != SCHEMA_VERSION:
         raise MissingDatabase(f"{db_url} has trace schema v{found}, this code reads v{SCHEMA_VERSION}: run a "
