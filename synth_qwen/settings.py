@@ -479,6 +479,8 @@ class ServeSettings(Settings):
     serve_max_seq_len: int = Field(2048, ge=64)  # longer training examples are truncated
     serve_max_batch: int = Field(32, ge=1)  # concurrent chat requests decoded together
     serve_lora_rank: int = Field(16, ge=1)
+    serve_train_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has bf16
+    serve_train_compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on top of bf16 only
     serve_max_loaded_models: int = Field(2, ge=1)  # models kept in the inference worker
 
 
