@@ -87,7 +87,7 @@ def cost_text(cost) -> str:
 
 TEMPLATE_ENV = jinja2.Environment(
     loader=JoinedLines(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
-    finalize=lambda value: "" if value is None else value)  # a missing value shows as nothing, not "None"
+    finalize=lambda value: "" if value is None else value, auto_reload=False)  # None shows as nothing
 TEMPLATE_ENV.filters.update(fmt=format, number=number, cost=cost_text)
 TEMPLATE_ENV.globals.update(url=url, run_url=run_url, episode_url=episode_url)
 
@@ -205,12 +205,13 @@ class TurnView:
     turn: int
     first: int  # the frame the turn saw (frame k = the world after k env steps)
     last: int
-    event: LMEvent | None
+    verdict: str | None  # why the call failed or its reply was invalid
+    usage: str | None  # tokens, latency, finish reason, history
     mark: str | None  # how it became a training example
     observation: Observation | None
     reply: Reply | None
     results: list[Message]
-    steps: list[Step]
+    steps: list[tuple[int, str, list[str], str | None]]  # (step index, "action reward +r", unlocked, done reason)
 
 
 @dataclass
@@ -226,6 +227,26 @@ def observation(message: Message | None) -> Observation | None:
     text = message.content or ""
     first, _, rest = text.partition("\n")
     return Observation(first, rest) if first.startswith(INVALID_FEEDBACK) else Observation(None, text)
+
+
+def verdict(event: LMEvent | None) -> str | None:
+    if event is not None and event.error:
+        return f"call failed: {event.error}"
+    if event is not None and event.valid is False:
+        return f"invalid: {event.invalid_reason}"
+    return None
+
+
+def usage(event: LMEvent | None) -> str | None:
+    if event is None:
+        return None
+    return (f"{event.prompt_tokens or 0:,} + {event.completion_tokens or 0:,} tokens · {number(event.latency_s, 2)} s · "
+            f"finish {text(event.finish_reason)} · history turns {event.history_turns or []}")
+
+
+def text(value) -> str:
+    """A value in a sentence: nothing for a missing one."""
+    return "" if value is None else str(value)
 
 
 def reply(message: Message | None) -> Reply | None:
@@ -258,9 +279,12 @@ def episode_view(episode: Episode, marks: SftMarks) -> EpisodeView:
         messages = episode.by_turn.get(turn, [])
         steps = steps_by_turn.get(turn, [])
         first, frame = frame, frame + len(steps)
-        turns.append(TurnView(turn, first, max(first, frame - 1) if steps else first, episode.events.get(turn),
+        event = episode.events.get(turn)
+        turns.append(TurnView(turn, first, max(first, frame - 1) if steps else first, verdict(event), usage(event),
                               marks.mark(s.session_id, turn), observation(messages[0] if messages else None),
-                              reply(messages[1] if len(messages) > 1 else None), messages[2:], steps))
+                              reply(messages[1] if len(messages) > 1 else None), messages[2:],
+                              [(step.step_index, f"{step.action} reward {step.reward:+.1f}", step.new_achievements or [],
+                                step.done_reason) for step in steps]))
     return EpisodeView(s, turns, len(episode.steps))
 
 
