@@ -233,20 +233,16 @@ def verdict(event: LMEvent | None) -> str | None:
     if event is not None and event.error:
         return f"call failed: {event.error}"
     if event is not None and event.valid is False:
-        return f"invalid: {event.invalid_reason}"
+        return f"invalid: {event.invalid_reason or ''}"
     return None
 
 
 def usage(event: LMEvent | None) -> str | None:
     if event is None:
         return None
-    return (f"{event.prompt_tokens or 0:,} + {event.completion_tokens or 0:,} tokens · {number(event.latency_s, 2)} s · "
-            f"finish {text(event.finish_reason)} · history turns {event.history_turns or []}")
-
-
-def text(value) -> str:
-    """A value in a sentence: nothing for a missing one."""
-    return "" if value is None else str(value)
+    return (f"{event.prompt_tokens or 0:,} + {event.completion_tokens or 0:,} tokens · "
+            f"{number(event.latency_s, 2)} s · finish {event.finish_reason or ''} · "
+            f"history turns {event.history_turns or []}")
 
 
 def reply(message: Message | None) -> Reply | None:
@@ -283,8 +279,8 @@ def episode_view(episode: Episode, marks: SftMarks) -> EpisodeView:
         turns.append(TurnView(turn, first, max(first, frame - 1) if steps else first, verdict(event), usage(event),
                               marks.mark(s.session_id, turn), observation(messages[0] if messages else None),
                               reply(messages[1] if len(messages) > 1 else None), messages[2:],
-                              [(step.step_index, f"{step.action} reward {step.reward:+.1f}", step.new_achievements or [],
-                                step.done_reason) for step in steps]))
+                              [(step.step_index, f"{step.action} reward {step.reward:+.1f}",
+                                step.new_achievements or [], step.done_reason) for step in steps]))
     return EpisodeView(s, turns, len(episode.steps))
 
 
@@ -311,9 +307,8 @@ def compare_page(engine: sa.Engine, query) -> web.Response:
         first, second = [a for a, _ in found], [b for _, b in found]
         differences = [100 * (metrics.progression(b) - metrics.progression(a)) for a, b in found]
         low, high = stats.paired_mean_difference_ci(differences)
-        paired = {"seeds": len(found), "a": run_stats.progression_pct(first), "b": run_stats.progression_pct(second),
-                  "difference": run_stats.progression_pct(second) - run_stats.progression_pct(first),
-                  "low": low, "high": high,
+        a, b = run_stats.progression_pct(first), run_stats.progression_pct(second)
+        paired = {"seeds": len(found), "a": a, "b": b, "difference": b - a, "low": low, "high": high,
                   "score_difference": run_stats.crafter_score(second) - run_stats.crafter_score(first)}
     paging = pager(lambda p: url("/compare", a=run_a, b=run_b, sort=sort, page=p, per=per), page_number,
                    pair_count(engine, run_a, run_b), per, "paired seeds")
