@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from synth_qwen import preflight, stats
+from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.settings import RoundsSettings, exit_usage, install_sigterm_as_interrupt, load, redact
 
 RANDOM = "builtin:random"
@@ -129,9 +130,7 @@ class Rounds:
         """Concatenate the round's training set, fine-tune, return (model id, examples, trained tokens)."""
         path = self.dir / f"round{round_index}-train.jsonl"
         lines = [line for file in files for line in file.read_text().splitlines() if line.strip()]
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("\n".join(lines) + "\n")
-        temporary.replace(path)
+        write_text_atomic(path, "\n".join(lines) + "\n")
         base = previous if (self.s.rounds_init == "previous" and previous) else self.s.qwen_base_model
         state = self.dir / f"round{round_index}.sft_state.json"
         run_module("sft_kickoff", QWEN_BASE_MODEL=base, QWEN_TRAINING_JSONL=path, SFT_STATE_FILE=state,
