@@ -94,6 +94,8 @@ class Rounds:
         first, count = training_seeds(self.s, round_index)
         run_id = self.run_id(round_index, "play")
         extra = {} if model.startswith("builtin:") else {"CRAFTER_TEMPERATURE": self.s.rounds_student_temperature}
+        if round_index == 0 and self.s.rounds_teacher_noise:
+            extra["CRAFTER_EXPERT_NOISE"] = self.s.rounds_teacher_noise
         run_module("run_crafter", CRAFTER_MODEL=model, CRAFTER_SEED=first, CRAFTER_EPISODES=count,
                    CRAFTER_RUN_ID=run_id, CRAFTER_DB_URL=self.s.crafter_db_url, **extra)
         return run_id
@@ -103,7 +105,8 @@ class Rounds:
         relabelled by the teacher and/or the student's own episodes that earned enough reward."""
         common = dict(CRAFTER_DB_URL=self.s.crafter_db_url, FILTER_RUN_IDS=run_id, MODELS=model,
                       FILTER_VALIDATION_FRACTION=0)
-        kinds = ["teacher"] if round_index == 0 else \
+        # Round 0: the teacher's episodes as played, or with DART noise, every state relabelled clean
+        kinds = (["relabel"] if self.s.rounds_teacher_noise else ["teacher"]) if round_index == 0 else \
             {"relabel": ["relabel"], "rejection": ["rejection"], "both": ["relabel", "rejection"]}[self.s.rounds_data]
         files = []
         for kind in kinds:
