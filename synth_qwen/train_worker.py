@@ -384,6 +384,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     model.to(device).train()
     bf16, compiled = fast_path(device, spec.precision, spec.compile)
     compiled = compiled and not checkpointing
+    weights = next(model.parameters()).dtype
+    bf16 = bf16 and weights == torch.float32  # a bf16 base (real Qwen on a GPU) needs no autocast
+    precision = "bf16 autocast" if bf16 else str(weights).removeprefix("torch.")
 
     def autocast():
         return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -404,7 +407,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         csv.writer(handle).writerow(StepMetrics.model_fields)
     reporter.event(f"Training: {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch {hyper.batch_size}, "
                    f"{'LoRA r=' + str(spec.lora_rank) if lora else 'full fine-tune'}, device {device}, "
-                   f"{'bf16 autocast' if bf16 else 'fp32'}{', compiled' if compiled else ''}")
+                   f"{precision}{', compiled' if compiled else ''}")
     checks = Checks(job_dir)
     started = time.perf_counter()
     step, seen, window, last_metrics, first_mark, last_mark = 0, 0, [], None, None, None
