@@ -93,7 +93,9 @@ TEMPLATE_ENV = jinja2.Environment(
     finalize=lambda value: "" if value is None else value, auto_reload=False)  # None shows as nothing
 TEMPLATE_ENV.filters.update(fmt=format, number=number, cost=cost_text)
 TEMPLATE_ENV.globals.update(url=url, run_url=run_url, episode_url=episode_url)
-EPISODE_BLOCK = TEMPLATE_ENV.get_template("episode_block.html")  # its macro's output is kept by Blocks
+# every template compiled at start (a few tenths of a second) rather than in some page's first fetch
+COMPILED = {name: TEMPLATE_ENV.get_template(name) for name in TEMPLATE_ENV.list_templates()}
+EPISODE_BLOCK = COMPILED["episode_block.html"]  # its macro's output is what Blocks keeps
 
 
 def page(template: str, title: str, script: bool = False, **values) -> web.Response:
