@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
+
+
+def temp_beside(path: Path) -> Path:
+    # pid + random: two writers of the same target (processes or threads) never share a temp file
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
 
 
 class AtomicFile:
@@ -17,8 +23,7 @@ class AtomicFile:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # pid + random: two writers of the same target (processes or threads) never share a temp file
-        self.temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+        self.temp = temp_beside(self.path)
         self.handle = open(self.temp, "w", encoding="utf-8")
 
     def write(self, text: str) -> None:
@@ -31,8 +36,12 @@ class AtomicFile:
         os.replace(self.temp, self.path)
 
     def discard(self) -> None:
-        self.handle.close()
-        self.temp.unlink(missing_ok=True)
+        try:
+            self.handle.close()  # on a full disk this flush fails again: the data is being dropped anyway
+        except OSError:
+            pass
+        finally:
+            self.temp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -43,3 +52,15 @@ def write_text_atomic(path: Path, text: str) -> None:
         file.commit()
     finally:
         file.discard()
+
+
+@contextmanager
+def replaced_whole(path: Path):
+    """`with replaced_whole(path) as temp:` let any writer (an image library, a model saver) write the
+    file `temp`; it becomes `path` when the block ends, and on an error `path` is untouched, `temp` gone."""
+    temp = temp_beside(Path(path))
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

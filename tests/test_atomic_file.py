@@ -1,7 +1,7 @@
 """atomic_file: readers of a target see the old file or the whole new one, never half of one."""
 import pytest
 
-from synth_qwen.atomic_file import AtomicFile, write_text_atomic
+from synth_qwen.atomic_file import AtomicFile, replaced_whole, write_text_atomic
 
 
 def test_a_streamed_file_appears_only_on_commit(tmp_path):
@@ -35,3 +35,34 @@ def test_write_text_atomic_is_all_or_nothing(tmp_path):
         write_text_atomic(target, '{"job_id": "\ud800"}')  # a lone surrogate has no UTF-8: the write fails
     assert target.read_text() == '{"job_id": "ftjob-2"}'
     assert [path.name for path in tmp_path.iterdir()] == ["state.json"]
+
+
+@pytest.fixture
+def file_size_cap():
+    """No file this process writes may grow past 64 bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a
+    write past it fails with "File too large", as on a full disk); lifted again afterwards."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temp_file(tmp_path, file_size_cap):
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match="File too large"):  # the flush fails, then the close's flush again
+        write_text_atomic(target, "x" * 100)
+    assert target.read_text() == "old" and [path.name for path in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_replaced_whole_hands_any_writer_a_temp_file(tmp_path, file_size_cap):
+    target = tmp_path / "chart.png"
+    with replaced_whole(target) as temp:
+        temp.write_bytes(b"\x89PNG")
+    assert target.read_bytes() == b"\x89PNG"
+    with pytest.raises(OSError, match="File too large"):
+        with replaced_whole(target) as temp:
+            temp.write_bytes(b"x" * 100)
+    assert target.read_bytes() == b"\x89PNG" and [path.name for path in tmp_path.iterdir()] == ["chart.png"]

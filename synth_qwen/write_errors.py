@@ -1,0 +1,44 @@
+"""A write the disk refused (full, over quota, a file-size limit, read-only, an I/O error), recognised
+the same way by every stage, whether it came from a file, SQLite or PostgreSQL.
+
+Each stage turns one into a single line saying what is safe and what to run next; anything else
+stays a bug with its traceback.
+"""
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no room: serve answers these with 507
+WRITE_ERRNOS = NO_SPACE_ERRNOS | {errno.EIO, errno.EROFS}
+SQLITE_WRITE_CODES = {8: "readonly", 10: "ioerr", 13: "full"}  # primary result codes (the low byte)
+POSTGRES_WRITE_SQLSTATES = ("53", "58030")  # class 53 insufficient resources (53100 disk full); io_error
+
+
+def driver_error(error: BaseException) -> BaseException:
+    """The database driver's own error inside SQLAlchemy's wrapper (or the error itself)."""
+    return getattr(error, "orig", None) or error
+
+
+def write_failure(error: BaseException) -> str | None:
+    """Why `error` is a refused write, in words ("No space left on device", "database or disk is
+    full"), or None when it is something else."""
+    error = driver_error(error)
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return error.strerror or errno.errorcode[error.errno]
+    if isinstance(error, sqlite3.Error) and (getattr(error, "sqlite_errorcode", 0) & 0xFF) in SQLITE_WRITE_CODES:
+        return str(error)
+    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(POSTGRES_WRITE_SQLSTATES):
+        return str(error).strip().splitlines()[0]
+    return None
+
+
+def no_space(error: BaseException) -> bool:
+    """The disk (or a quota, or a file-size limit) has no room for what was being written."""
+    error = driver_error(error)
+    if isinstance(error, OSError):
+        return error.errno in NO_SPACE_ERRNOS
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", 0) & 0xFF == 13
+    return str(getattr(error, "sqlstate", None) or getattr(error, "pgcode", None) or "").startswith("53")
