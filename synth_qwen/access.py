@@ -38,19 +38,22 @@ SERVE = Door("SERVE_HOST", "SERVE_API_KEY", "SERVE_ALLOW_NO_AUTH",
 VIEW = Door("VIEW_HOST", "VIEW_API_KEY", "VIEW_ALLOW_NO_AUTH", "read every trace, prompts included")
 
 
-def loopback(host: str) -> bool:
-    """Every address `host` resolves to is a loopback one (an empty host or 0.0.0.0 is every interface)."""
+def reachable_from_others(host: str) -> bool:
+    """`host` (an empty one or 0.0.0.0 is every interface) resolves to an address that is not loopback.
+    A name that does not resolve is not: preflight.listenable says so in its own words."""
+    if not host:
+        return True
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)} if host else set()
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except (socket.gaierror, UnicodeError):
         return False
-    return bool(addresses) and all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
+    return not all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
 
 
 def exposure(door: Door, host: str, key: str | None, allow_no_auth: bool) -> str | None:
     """None when nobody else can get in without the key; a warning line when the user opened the door
     on purpose; SettingsError when the host is reachable from other machines and no key is set."""
-    if key or loopback(host):
+    if key or not reachable_from_others(host):
         return None
     if not allow_no_auth:
         raise SettingsError(f"{door.host_var}={host!r} is reachable from other machines and {door.key_var} is not "

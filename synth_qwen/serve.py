@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from synth_qwen import preflight, sft_format, train_worker
+from synth_qwen import access, preflight, sft_format, train_worker
 from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
 from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, hyperparameter_problem, seed_problem
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
@@ -91,7 +91,7 @@ async def errors_middleware(request: web.Request, handler):
 async def auth_middleware(request: web.Request, handler):
     key = request.app["settings"].serve_api_key
     if key and not request.path.endswith("/health"):
-        if request.headers.get("Authorization", "") != f"Bearer {key}":
+        if not access.has_key(request, key):
             raise ApiError(401, "Invalid or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>'.",
                            code="invalid_api_key")
     return await handler(request)
@@ -719,6 +719,7 @@ def main() -> None:
     settings = load(ServeSettings)
     preflight.ready_or_exit(dirs={"SERVE_DATA_DIR": settings.serve_data_dir},
                             inputs={"SERVE_MODELS_DIR": settings.serve_models_dir})
+    access.exposure_or_exit(access.SERVE, settings.serve_host, settings.serve_api_key, settings.serve_allow_no_auth)
     try:
         preflight.listenable(settings.serve_host, settings.serve_port)  # before the data dir is made
     except SettingsError as error:
