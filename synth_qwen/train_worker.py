@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from synth_qwen import qwen_format
 from synth_qwen.serve_store import Hyperparameters, ModelSpec
+from synth_qwen.write_errors import write_failure
 
 # Training defaults per base-model kind; "auto" hyperparameters resolve from here.
 TRAINING_DEFAULTS = {
@@ -196,6 +198,24 @@ class NothingToTrain(Diverged):
     code = "no_trained_tokens"
 
 
+class CannotWrite(Diverged):
+    """A checkpoint or the final model could not be written (a full disk): no model is published."""
+    code = "output_not_written"
+
+
+def save_or_fail(what: str, folder: Path, *savers) -> None:
+    """Each saver writes into `folder`; when one fails, the half-written folder goes (it holds the space the
+    job needs to record its failure, and it is no model) and the job fails naming what and where."""
+    try:
+        for save in savers:
+            save(str(folder))
+    except Exception as error:  # OSError, or safetensors' own error wrapping one
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = write_failure(error) or " ".join(str(error).split())
+        raise CannotWrite(f"cannot write the {what} to {folder} ({reason}): free space on the disk of "
+                          f"SERVE_DATA_DIR, then create a new job") from error
+
+
 def divergence(logs: dict) -> str | None:
     """Why these logged metrics show a diverged run (a NaN or infinite loss or gradient), or None."""
     for key in ("loss", "grad_norm"):
@@ -269,8 +289,8 @@ def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
                 raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {state.global_step} "
                                f"(first: {broken[0]}); {DIVERGED_HINT}")
             folder = job_dir / "checkpoints" / f"step-{state.global_step}"
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+            save_or_fail(f"checkpoint of step {state.global_step}", folder, model.save_pretrained,
+                         tokenizer.save_pretrained)
             reporter.send(WorkerCheckpoint(step=state.global_step, path=str(folder), metrics=self.last_metrics))
 
         def steady_tokens_per_second(self) -> float | None:
@@ -339,8 +359,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
     epochs_run = trainer.state.epoch or 0
     output_dir = Path(spec.output_dir)
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
+    # the tokenizer with the inference template, as the base ships it
+    save_or_fail("fine-tuned " + ("adapter" if defaults["method"] == "lora" else "model"), output_dir,
+                 trainer.save_model, tokenizer.save_pretrained)
     trained_tokens = int(tokens_per_epoch * epochs_run)
     reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
                                metrics_csv=str(job_dir / "metrics.csv"), train_seconds=round(seconds, 2),

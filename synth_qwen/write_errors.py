@@ -7,12 +7,15 @@ stays a bug with its traceback.
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sqlite3
 
 NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no room: serve answers these with 507
 WRITE_ERRNOS = NO_SPACE_ERRNOS | {errno.EIO, errno.EROFS}
 SQLITE_WRITE_CODES = {8: "readonly", 10: "ioerr", 13: "full"}  # primary result codes (the low byte)
 POSTGRES_WRITE_SQLSTATES = ("53", "58030")  # class 53 insufficient resources (53100 disk full); io_error
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) reports the OSError it met
 
 
 def driver_error(error: BaseException) -> BaseException:
@@ -31,6 +34,9 @@ def write_failure(error: BaseException) -> str | None:
     sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
     if isinstance(sqlstate, str) and sqlstate.startswith(POSTGRES_WRITE_SQLSTATES):
         return str(error).strip().splitlines()[0]
+    rust = RUST_OS_ERROR.search(str(error))
+    if rust and int(rust.group(1)) in WRITE_ERRNOS:
+        return os.strerror(int(rust.group(1)))
     return None
 
 
