@@ -37,13 +37,13 @@ IDLE_POLLS = 30
 class Load:
     """What one run asks of serve: the bench's defaults (the test's run is smaller)."""
     size: str = "small"  # SERVE_TINY_SIZE
-    examples: int = 48
-    epochs: int = 3
+    examples: int = 24
+    epochs: int = 1
     chats: int = 16  # chat clients, each sending its next request when the last one is answered
     turns: int | None = None  # requests per chat client; None: until the job has ended
     max_tokens: int = 40
     poll_s: float = 0.2  # the poller's pause between two rounds of status + file list
-    limit_s: float = 900  # stop after this long even if the job has not ended
+    limit_s: float = 600  # stop after this long even if the job has not ended
 
 
 @dataclass
