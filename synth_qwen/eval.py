@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from synth_qwen import preflight, run_stats, stats, tracing
-from synth_qwen.atomic_file import replaced_whole, write_text_atomic
+from synth_qwen.atomic_file import atomic_path, write_text_atomic
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.replay import replay_to_file
@@ -323,8 +323,8 @@ def write_chart(report: dict, path: Path) -> bool:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     try:
-        with replaced_whole(path) as temp:
-            fig.savefig(temp, dpi=110, format="png")
+        with atomic_path(path, suffix=".png") as temp:
+            fig.savefig(temp, dpi=110)
     finally:
         plt.close(fig)
     return True

@@ -1,7 +1,7 @@
 """atomic_file: readers of a target see the old file or the whole new one, never half of one."""
 import pytest
 
-from synth_qwen.atomic_file import AtomicFile, replaced_whole, write_text_atomic
+from synth_qwen.atomic_file import AtomicFile, atomic_path, write_text_atomic
 
 
 def test_a_streamed_file_appears_only_on_commit(tmp_path):
@@ -37,6 +37,21 @@ def test_write_text_atomic_is_all_or_nothing(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["state.json"]
 
 
+def test_a_writer_given_a_temp_name_replaces_the_target_only_when_it_finishes(tmp_path):
+    target = tmp_path / "replay.gif"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, suffix=".gif") as temp:
+            assert temp.parent == tmp_path and temp.name.startswith(".replay.gif.") and temp.suffix == ".gif"
+            temp.write_bytes(b"half")
+            raise RuntimeError("the encoder failed")
+    assert target.read_bytes() == b"old" and [path.name for path in tmp_path.iterdir()] == ["replay.gif"]
+    with atomic_path(target, suffix=".gif") as temp:
+        temp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # not until the block ends
+    assert target.read_bytes() == b"new" and [path.name for path in tmp_path.iterdir()] == ["replay.gif"]
+
+
 @pytest.fixture
 def file_size_cap():
     """No file this process writes may grow past 64 bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a
@@ -55,14 +70,3 @@ def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temp_file(tmp_path,
     with pytest.raises(OSError, match="File too large"):  # the flush fails, then the close's flush again
         write_text_atomic(target, "x" * 100)
     assert target.read_text() == "old" and [path.name for path in tmp_path.iterdir()] == ["state.json"]
-
-
-def test_replaced_whole_hands_any_writer_a_temp_file(tmp_path, file_size_cap):
-    target = tmp_path / "chart.png"
-    with replaced_whole(target) as temp:
-        temp.write_bytes(b"\x89PNG")
-    assert target.read_bytes() == b"\x89PNG"
-    with pytest.raises(OSError, match="File too large"):
-        with replaced_whole(target) as temp:
-            temp.write_bytes(b"x" * 100)
-    assert target.read_bytes() == b"\x89PNG" and [path.name for path in tmp_path.iterdir()] == ["chart.png"]
