@@ -41,10 +41,5 @@ def write_failure(error: BaseException) -> str | None:
 
 
 def no_space(error: BaseException) -> bool:
-    """The disk (or a quota, or a file-size limit) has no room for what was being written."""
-    error = driver_error(error)
-    if isinstance(error, OSError):
-        return error.errno in NO_SPACE_ERRNOS
-    if isinstance(error, sqlite3.Error):
-        return getattr(error, "sqlite_errorcode", 0) & 0xFF == 13
-    return str(getattr(error, "sqlstate", None) or getattr(error, "pgcode", None) or "").startswith("53")
+    """The disk (or a quota, or a file-size limit) had no room for a file being written."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
