@@ -480,6 +480,7 @@ class ServeSettings(Settings):
     serve_data_dir: Path = Path("serve_data")
     serve_models_dir: Path | None = None  # local model folders, served by their path below it; unset: none
     serve_api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    serve_allow_no_auth: bool = False  # a SERVE_HOST other machines reach may run without a key (warned)
     serve_max_upload_mb: float = Field(512.0, gt=0, le=1 << 20)  # at most 1 TiB (inf cannot size a buffer)
     serve_device: Literal["auto", "cpu", "cuda"] = "auto"
     serve_allow_download: bool = False  # may base models be fetched from the Hugging Face Hub?
@@ -622,3 +623,5 @@ class ViewSettings(Settings):
     view_host: str = "127.0.0.1"  # bind address; 0.0.0.0 shows your traces to the network
     view_port: int = Field(8100, ge=0, le=65535)  # 0 = any free port (printed at start)
     view_sft_jsonl: Path | None = None  # a filter_traces JSONL: mark the turns that became training examples
+    view_api_key: str | None = None  # when set, pages need it (?key= once, basic auth or a Bearer header)
+    view_allow_no_auth: bool = False  # a VIEW_HOST other machines reach may run without a key (warned)

@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from synth_qwen import qwen_format
 from synth_qwen.serve_store import Hyperparameters, ModelSpec
+from synth_qwen.write_errors import write_failure
 
 # Training defaults per base-model kind; "auto" hyperparameters resolve from here.
 TRAINING_DEFAULTS = {
@@ -201,6 +203,24 @@ class Diverged(Exception):
 class NothingToTrain(Diverged):
     """No token would be trained (the loss would read 0 and the job "succeed" having learned nothing)."""
     code = "no_trained_tokens"
+
+
+class CannotWrite(Diverged):
+    """A checkpoint or the final model could not be written (a full disk): no model is published."""
+    code = "output_not_written"
+
+
+def save_or_fail(what: str, folder: Path, *savers) -> None:
+    """Each saver writes into `folder`; when one fails, the half-written folder goes (it holds the space the
+    job needs to record its failure, and it is no model) and the job fails naming what and where."""
+    try:
+        for save in savers:
+            save(str(folder))
+    except Exception as error:  # OSError, or safetensors' own error wrapping one
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = write_failure(error) or " ".join(str(error).split())
+        raise CannotWrite(f"cannot write the {what} to {folder} ({reason}): free space on the disk of "
+                          f"SERVE_DATA_DIR, then create a new job") from error
 
 
 def divergence(logs: dict) -> str | None:
@@ -453,8 +473,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     if broken:  # a NaN between two logged steps: the loss looked fine, the weights are not
         raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
     output_dir = Path(spec.output_dir)
-    model.save_pretrained(str(output_dir))  # PEFT saves only the adapter
-    tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
+    # PEFT saves only the adapter; the tokenizer carries the inference template, as the base ships it
+    save_or_fail("fine-tuned " + ("adapter" if lora else "model"), output_dir, model.save_pretrained,
+                 tokenizer.save_pretrained)
     trained_tokens = seen
     steady = (last_mark[1] - first_mark[1]) / (last_mark[0] - first_mark[0]) if last_mark[0] > first_mark[0] else 0
     reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
@@ -470,8 +491,7 @@ def save_checkpoint(model, tokenizer, job_dir: Path, step: int, metrics: StepMet
         raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {step} "
                        f"(first: {broken[0]}); {DIVERGED_HINT}")
     folder = job_dir / "checkpoints" / f"step-{step}"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_or_fail(f"checkpoint of step {step}", folder, model.save_pretrained, tokenizer.save_pretrained)
     reporter.send(WorkerCheckpoint(step=step, path=str(folder), metrics=metrics))
 
 

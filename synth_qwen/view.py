@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from markupsafe import Markup
 
-from synth_qwen import metrics, run_stats, stats, tracing
+from synth_qwen import access, metrics, run_stats, stats, tracing
 from synth_qwen.settings import ViewSettings, exit_usage, load, redact
 from synth_qwen.tracing import LMEvent, Message, Session, Step, session_traces as st
 from synth_qwen.view_frames import Frames, Lru, ReplayDiverged
@@ -420,20 +420,20 @@ def routes(engine: sa.Engine, blocks: Blocks, frames: Frames) -> web.RouteTableD
     return table
 
 
-def app(engine: sa.Engine, sft_jsonl: Path | None = None) -> web.Application:
-    application = web.Application()
+def app(engine: sa.Engine, sft_jsonl: Path | None = None, api_key: str | None = None) -> web.Application:
+    application = web.Application(middlewares=access.view_middlewares(api_key))
     application.add_routes(routes(engine, Blocks(engine, SftMarks(sft_jsonl)), Frames(engine)))
     return application
 
 
 async def serve(s: ViewSettings, engine: sa.Engine) -> None:
-    runner = web.AppRunner(app(engine, s.view_sft_jsonl), access_log=None)
+    runner = web.AppRunner(app(engine, s.view_sft_jsonl, s.view_api_key), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, s.view_host, s.view_port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    print(f"view: http://{s.view_host}:{port}/ (trace DB {redact(s.crafter_db_url)}, read-only; Ctrl-C stops)",
-          flush=True)
+    print(f"view: http://{s.view_host}:{port}/ (trace DB {redact(s.crafter_db_url)}, read-only; Ctrl-C stops)"
+          + ("; key required: add ?key=<VIEW_API_KEY> once" if s.view_api_key else ""), flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -442,6 +442,7 @@ async def serve(s: ViewSettings, engine: sa.Engine) -> None:
 
 def main() -> int:
     s = load(ViewSettings)
+    access.exposure_or_exit(access.VIEW, s.view_host, s.view_api_key, s.view_allow_no_auth)
     if s.view_sft_jsonl is not None and not s.view_sft_jsonl.is_file():
         exit_usage(f"VIEW_SFT_JSONL={str(s.view_sft_jsonl)!r} is not a file (write one with python -m "
                    f"synth_qwen.filter_traces, or leave it unset)")
