@@ -24,7 +24,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from synth_qwen import qwen_format
+from synth_qwen import cpu_compute, qwen_format
+from synth_qwen.inference_worker import SMALL_MODEL_PARAMS
 from synth_qwen.serve_store import Hyperparameters, ModelSpec
 
 # Training defaults per base-model kind; "auto" hyperparameters resolve from here.
@@ -225,6 +226,17 @@ def linear_layer_names(model) -> list[str]:
                    if isinstance(module, torch.nn.Linear) and module is not head})
 
 
+def save_weights(model, folder: Path) -> None:
+    """The model's weights, or its LoRA adapter in the base model's dtype: vLLM and PEFT cast an
+    adapter to that dtype anyway, and PEFT trains it in fp32, which would double the file (Qwen3-4B
+    r=16: 66 MB in bf16). Only the small LoRA tensors are cast; the base's are never copied."""
+    if not hasattr(model, "peft_config"):
+        return model.save_pretrained(folder)
+    dtype = model.get_base_model().dtype
+    state = {name: weights.to(dtype) if "lora_" in name else weights for name, weights in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=state)
+
+
 def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
     from transformers import TrainerCallback
 
@@ -269,7 +281,7 @@ def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
                 raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {state.global_step} "
                                f"(first: {broken[0]}); {DIVERGED_HINT}")
             folder = job_dir / "checkpoints" / f"step-{state.global_step}"
-            model.save_pretrained(folder)
+            save_weights(model, folder)
             tokenizer.save_pretrained(folder)
             reporter.send(WorkerCheckpoint(step=state.global_step, path=str(folder), metrics=self.last_metrics))
 
@@ -307,6 +319,10 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
 
     device = resolve_device(spec.device)
     cpu = device == "cpu"
+    # Checkpointing slows a small model down, but a big one's activations would not fit (36 layers).
+    checkpointing = defaults["gradient_checkpointing"] and (not cpu or model.num_parameters() >= SMALL_MODEL_PARAMS)
+    if cpu and checkpointing:
+        cpu_compute.fp32_matmuls(model)  # bf16 weights stay bf16 in memory (see cpu_compute)
     steps_per_epoch = -(-len(rows) // hyper.batch_size)
     config = SFTConfig(
         output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper.batch_size,
@@ -316,7 +332,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         logging_steps=max(1, steps_per_epoch * hyper.n_epochs // LOGS_PER_RUN), save_strategy="no",
         eval_strategy="epoch" if eval_rows else "no", report_to="none", disable_tqdm=True,
         use_cpu=cpu, bf16=not cpu and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=defaults["gradient_checkpointing"] and not cpu,
+        gradient_checkpointing=checkpointing,
         max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding")  # feeds the steady-state tokens/s
     peft_config = None
@@ -330,7 +346,8 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
                          eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
     reporter.event(f"Training: {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch {hyper.batch_size}, "
-                   f"{'LoRA r=' + str(spec.lora_rank) if defaults['method'] == 'lora' else 'full fine-tune'}, device {device}")
+                   f"{'LoRA r=' + str(spec.lora_rank) if defaults['method'] == 'lora' else 'full fine-tune'}, device {device}"
+                   + (", gradient checkpointing" if checkpointing else ""))
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -339,7 +356,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
     epochs_run = trainer.state.epoch or 0
     output_dir = Path(spec.output_dir)
-    trainer.save_model(str(output_dir))
+    save_weights(trainer.model, output_dir)
     tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
     trained_tokens = int(tokens_per_epoch * epochs_run)
     reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
