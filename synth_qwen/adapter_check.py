@@ -29,7 +29,8 @@ RULES = {
     "bias": "bias is 'none' and lora_bias is off (vLLM has no LoRA bias)",
     "features": "no PEFT variant vLLM does not implement (DoRA, aLoRA, QALoRA, BD-LoRA, layer_replication, "
                 "an init that changes the base weights: PiSSA, OLoRA, CorDA, LoftQ)",
-    "tensor_names": "every tensor is a <module>.lora_A.weight or <module>.lora_B.weight",
+    "tensor_names": "every tensor is a <module>.lora_A.weight or <module>.lora_B.weight (or an embedding's "
+                    "lora_embedding_A/B)",
     "modules": "every module is a linear layer vLLM serves LoRA on, by its Hugging Face name "
                "(q_proj/k_proj/v_proj, which vLLM packs into qkv_proj, o_proj, gate_proj/up_proj, packed "
                "into gate_up_proj, down_proj); a packed name such as qkv_proj is not one",
@@ -89,6 +90,8 @@ def lora_tensor_name(name: str) -> tuple[str, str] | None:
     parts = name.removeprefix("base_model.model.").split(".")
     if len(parts) > 2 and parts[-1] == "weight" and parts[-2] in ("lora_A", "lora_B"):
         return ".".join(parts[:-2]), parts[-2][-1]
+    if len(parts) > 1 and parts[-1] in ("lora_embedding_A", "lora_embedding_B"):  # an embedding's LoRA
+        return ".".join(parts[:-1]), parts[-1][-1]
     return None
 
 

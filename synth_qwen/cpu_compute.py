@@ -4,7 +4,7 @@ A model shipped in bf16 (Qwen3-4B: 8 GB) cannot be copied to fp32 on a 24 GiB ma
 yet a CPU without avx512_bf16/AMX multiplies bf16 slowly. Measured on this 2-core box (a 900 x 2560
 by 2560 x 9728 matmul): bf16 4.1 s, weight converted to fp32 then fp32 1.2 s; for one row (decoding)
 bf16 38 ms, converted 247 ms. So each bf16 linear layer converts its weight for the one multiply
-when it gets FP32_MIN_ROWS rows or more, and keeps bf16 below. Only one layer's fp32 copy exists at
+when it gets FP32_MIN_ROWS rows or more, and keeps bf16 below (its output in fp32 either way). Only one layer's fp32 copy exists at
 a time when nothing keeps it: at inference, or in training with gradient checkpointing (otherwise
 autograd would keep every layer's copy for the backward pass: the 16 GB again).
 """
@@ -33,4 +33,4 @@ def linear_forward(self, x):
 
     if x.numel() // x.shape[-1] >= FP32_MIN_ROWS:
         return linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
-    return linear(x.to(self.weight.dtype), self.weight, self.bias)
+    return linear(x.to(self.weight.dtype), self.weight, self.bias).float()  # one dtype downstream: the KV cache mixes both

@@ -78,7 +78,7 @@ def test_what_peft_writes_for_all_linear_layers_passes(good):
 BROKEN = {
     "files": lambda folder: (folder / "adapter_model.safetensors").unlink() or folder,
     "config": lambda folder: edit_config(folder, r=None),
-    "rank": lambda folder: edit_config(folder, rank_pattern={"q_proj": 32}),
+    "rank": lambda folder: shutil.rmtree(folder) or peft_adapter(folder, r=32, lora_alpha=64),  # above 16
     "bias": lambda folder: edit_config(folder, bias="all"),
     "features": lambda folder: edit_config(folder, init_lora_weights="pissa"),
     "modules": lambda folder: edit_tensors(folder, lambda tensors: {  # vLLM's packed name, not PEFT's
@@ -88,7 +88,7 @@ BROKEN = {
     "dtype": lambda folder: edit_tensors(folder, lambda tensors: {
         name: weights.to(__import__("torch").int8) if "v_proj" in name else weights for name, weights in tensors.items()}),
     "tensor_names": lambda folder: edit_tensors(folder, lambda tensors: {
-        **tensors, "base_model.model.model.norm.weight": next(iter(tensors.values()))[0]}),
+        **tensors, "base_model.model.model.norm.weight": __import__("torch").ones(SHAPE["hidden_size"])}),
 }
 
 
