@@ -25,6 +25,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from synth_qwen.tiny_model import QWEN3_4B_SHAPED_ID, QWEN3_SHAPED_MODELS  # noqa: E402 (after the path)
 
+
 def gpu_memory_used_mib() -> int:
     out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                          capture_output=True, text=True, check=True).stdout
