@@ -23,12 +23,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from synth_qwen import access, preflight, sft_format, train_worker, write_errors
-from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
+from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest, ReleaseModels
 from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, hyperparameter_problem, seed_problem
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
 from synth_qwen.settings import ServeSettings, SettingsError, exit_usage, load
-from synth_qwen.tiny_model import QWEN3_SHAPED_ID, TINY_MODEL_ID
+from synth_qwen.tiny_model import QWEN3_SHAPED_MODELS, TINY_MODEL_ID
 from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpoint, WorkerError, WorkerEvent,
                                      WorkerMetrics, WorkerResult)
 
@@ -135,7 +135,7 @@ def page_args(request: web.Request, listing: str = "other") -> tuple[str | None,
 # ---------------------------------------------------------------------------------------
 # Models: the built-in two, local Hugging Face models, and what jobs produced
 
-BUILT_IN_MODELS = (TINY_MODEL_ID, QWEN3_SHAPED_ID)  # built under SERVE_DATA_DIR on first use
+BUILT_IN_MODELS = (TINY_MODEL_ID, *QWEN3_SHAPED_MODELS)  # built under SERVE_DATA_DIR on first use
 
 
 def model_spec(app: web.Application, name: str) -> ModelSpec | None:
@@ -143,7 +143,7 @@ def model_spec(app: web.Application, name: str) -> ModelSpec | None:
     settings, store = app["settings"], app["store"]
     if name == TINY_MODEL_ID:
         return ModelSpec(key=name, kind="tiny", size=settings.serve_tiny_size, data_dir=str(store.root))
-    if name == QWEN3_SHAPED_ID:  # a Hugging Face model like any other, once built (tiny_model.local_path)
+    if name in QWEN3_SHAPED_MODELS:  # Hugging Face models like any other, once built (tiny_model.local_path)
         return ModelSpec(key=name, kind="hf", data_dir=str(store.root))
     record = store.models().get(name)
     if record:
@@ -363,7 +363,7 @@ async def validate_job(app: web.Application, job_id: str, spec: ModelSpec) -> No
     reports = []
     for field, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
         if file_id:
-            minimum = sft_format.MIN_EXAMPLES if field == "training_file" else 1
+            minimum = app["settings"].serve_min_examples if field == "training_file" else 1
             reports.append((field, await asyncio.to_thread(
                 sft_format.validate_jsonl, store.file_data_path(file_id), minimum, file_id)))
     job = store.get_job(job_id)
@@ -434,6 +434,7 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
     job.status = "running"
     store.save_job(job)
     store.add_event(job.id, "Fine-tuning job started")
+    await app["inference"].release_models()  # one process at a time holds a base model (4B: 8 GB)
     with open(job_dir / "worker.log", "ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "synth_qwen.train_worker", str(job_dir), stdout=asyncio.subprocess.PIPE,
@@ -604,6 +605,12 @@ class InferenceWorker:
         self.process.stdin.write((request.model_dump_json() + "\n").encode())
         await self.process.stdin.drain()
         return await future
+
+    async def release_models(self) -> None:
+        """Ask the worker to free its models (a training job needs the memory); no-op when it is not running."""
+        if self.process and self.process.returncode is None:
+            self.process.stdin.write((ReleaseModels().model_dump_json() + "\n").encode())
+            await self.process.stdin.drain()
 
     async def stop(self) -> None:
         if self.process and self.process.returncode is None:

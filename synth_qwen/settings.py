@@ -29,6 +29,8 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from pydantic_settings import (BaseSettings, CliPositionalArg, CliSettingsSource, DotEnvSettingsSource,
                                EnvSettingsSource, SettingsConfigDict)
 
+from synth_qwen.sft_format import MIN_EXAMPLES
+
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ACTIONS_PER_TURN = 5  # CRAFTER_ACTIONS_PER_TURN's default; also the length of a route hint
@@ -486,6 +488,7 @@ class ServeSettings(Settings):
     serve_allow_download: bool = False  # may base models be fetched from the Hugging Face Hub?
     serve_tiny_size: Literal["micro", "small", "medium"] = "small"  # rows of tiny_model.SIZES
     serve_max_seq_len: int = Field(2048, ge=64)  # longer training examples are truncated
+    serve_min_examples: int = Field(MIN_EXAMPLES, ge=1)  # a training file needs this many (OpenAI's rule: 10)
     serve_max_batch: int = Field(32, ge=1)  # concurrent chat requests decoded together
     serve_lora_rank: int = Field(16, ge=1)
     serve_train_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has bf16

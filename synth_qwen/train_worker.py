@@ -27,7 +27,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from synth_qwen import qwen_format
+from synth_qwen import cpu_compute, qwen_format
+from synth_qwen.inference_worker import SMALL_MODEL_PARAMS
 from synth_qwen.serve_store import Hyperparameters, ModelSpec
 from synth_qwen.write_errors import write_failure
 
@@ -208,6 +209,17 @@ class NothingToTrain(Diverged):
 class CannotWrite(Diverged):
     """A checkpoint or the final model could not be written (a full disk): no model is published."""
     code = "output_not_written"
+
+
+def save_weights(model, folder: Path) -> None:
+    """The model's weights, or its LoRA adapter in the base model's dtype: vLLM and PEFT cast an
+    adapter to that dtype anyway, and PEFT trains it in fp32, which would double the file (Qwen3-4B
+    r=16: 66 MB in bf16). Only the small LoRA tensors are cast; the base's are never copied."""
+    if not hasattr(model, "peft_config"):
+        return model.save_pretrained(folder)
+    dtype = model.get_base_model().dtype
+    state = {name: weights.to(dtype) if "lora_" in name else weights for name, weights in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=state)
 
 
 def save_or_fail(what: str, folder: Path, *savers) -> None:
@@ -391,13 +403,16 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
 
     device = resolve_device(spec.device)
     lora = defaults["method"] == "lora"
+    # Checkpointing slows a small model down, but a big one's activations would not fit (36 layers).
+    checkpointing = defaults["gradient_checkpointing"] and (device != "cpu" or model.num_parameters() >= SMALL_MODEL_PARAMS)
+    if device == "cpu" and checkpointing:
+        cpu_compute.fp32_matmuls(model)  # bf16 weights stay bf16 in memory (see cpu_compute)
     if lora and not spec.base.init_adapter:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(
             r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank, target_modules=linear_layer_names(model),
             lora_dropout=0.05, task_type="CAUSAL_LM"))
-    checkpointing = defaults["gradient_checkpointing"] and device != "cpu"
     if checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -427,7 +442,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         csv.writer(handle).writerow(StepMetrics.model_fields)
     reporter.event(f"Training: {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch {hyper.batch_size}, "
                    f"{'LoRA r=' + str(spec.lora_rank) if lora else 'full fine-tune'}, device {device}, "
-                   f"{precision}{', compiled' if compiled else ''}")
+                   f"{precision}{', compiled' if compiled else ''}" + (", gradient checkpointing" if checkpointing else ""))
     checks = Checks(job_dir)
     started = time.perf_counter()
     step, seen, window, last_metrics, first_mark, last_mark = 0, 0, [], None, None, None
@@ -474,7 +489,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
     output_dir = Path(spec.output_dir)
     # PEFT saves only the adapter; the tokenizer carries the inference template, as the base ships it
-    save_or_fail("fine-tuned " + ("adapter" if lora else "model"), output_dir, model.save_pretrained,
+    save_or_fail("fine-tuned " + ("adapter" if lora else "model"), output_dir, lambda folder: save_weights(model, folder),
                  tokenizer.save_pretrained)
     trained_tokens = seen
     steady = (last_mark[1] - first_mark[1]) / (last_mark[0] - first_mark[0]) if last_mark[0] > first_mark[0] else 0
@@ -491,7 +506,7 @@ def save_checkpoint(model, tokenizer, job_dir: Path, step: int, metrics: StepMet
         raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {step} "
                        f"(first: {broken[0]}); {DIVERGED_HINT}")
     folder = job_dir / "checkpoints" / f"step-{step}"
-    save_or_fail(f"checkpoint of step {step}", folder, model.save_pretrained, tokenizer.save_pretrained)
+    save_or_fail(f"checkpoint of step {step}", folder, lambda path: save_weights(model, path), tokenizer.save_pretrained)
     reporter.send(WorkerCheckpoint(step=step, path=str(folder), metrics=metrics))
 
 
