@@ -4,8 +4,9 @@ Three files, one idea each: what it knows of the world (`expert_memory`: localis
 remembers), how it moves and searches (`expert_moves`, on `grid`), and here the plan. Each turn it
 walks a prioritized table of subgoals (`ExpertAgent.SUBGOALS`) and takes the first that yields a plan:
 
-    sleeping → fight → urgent drink/food → cheap wins (a new achievement one action away, the
-    first sapling, one nap for wake_up) → shelter at night → craft → wood → table → sapling →
+    sleeping → fight → drink to full at the water → urgent drink/food (no long walks in the dark)
+    → cheap wins (a new achievement one action away, the first sapling, one short nap for wake_up)
+    → shelter at dusk, at night and when hurt → craft → wood → table → sapling →
     stone → place_stone → furnace → coal → iron → diamond → top up drink/food → eat plant → explore
 
 Recipe costs come from `crafter.constants` at run time. Of a plan it sends only the prefix whose
@@ -28,8 +29,13 @@ STONE_RESERVE = 9        # stone is cheap once you can mine: keep the pocket ful
 SAPLING_TRIES = 8        # turns of `do` on grass (10 % each) before giving up on a sapling
 NEAR = 12                # a station farther than this (in steps) is not worth walking back to
 WAKE_UP_TRIES = 2        # a nap woken by damage earns nothing; don't keep trying in the open
+NAP_ENERGY = 7           # a nap in the open lasts ~11 steps per missing energy point: only short ones
 ZOMBIE_QUIET_STEPS = 60  # a zombie hits a sleeper for 7: nap only where none was seen lately
 URGENT = 4               # drink or food at or below this comes before everything but a fight
+HURT = 4                 # health at or below this: wall in and rest (a zombie hits for 2, an arrow for 2)
+HEALED = 8               # ... until it is back to this
+NIGHT_HEALTH = 3         # with more health than this, a hungry or thirsty player stays walled in until morning
+DUSK = 0.5               # falling daylight under this: wall in before the zombies come
 MORNING = 0.6            # daylight at which a sheltered player walks out (zombies linger at dawn)
 NEAR_HOSTILE = 6         # a hostile this close (and no shelter around us): send at most 2 actions
 
@@ -48,21 +54,34 @@ class ExpertAgent:
         self.wake_up_tries = 0
         self.shelter: tuple | None = None
         self.shelter_fails = 0
+        self.last_daylight = 1.0
+        self.wood_target = 0  # wood we set out to collect
 
     # -- the turn ------------------------------------------------------------------------
     def act(self, obs: Observation) -> tuple[list[str], str]:
         self.obs = obs
         self.world.update(obs)
+        actions, reason = self._plan()
+        self.last_daylight = obs.daylight
+        self.world.moved(actions)
+        return actions, reason
+
+    def _plan(self) -> tuple[list[str], str]:
         for method in self.SUBGOALS:
             plan = method(self)
             if plan:
                 actions, reason = plan
                 limit = 2 if self.world.hostile_within(NEAR_HOSTILE) and not self._inside() else self.max_actions
-                actions = self.moves.safe_prefix(actions[:limit])[: self.max_actions] or ["noop"]
-                self.world.moved(actions)
-                return actions, reason
-        self.world.moved(["noop"])
+                return self.moves.safe_prefix(actions[:limit])[: self.max_actions] or ["noop"], reason
         return ["noop"], "subgoal: wait, nothing to do"
+
+    def _night_wait(self) -> bool:
+        """Hunger costs a health point every 16 steps or so (30 asleep); zombies in the dark cost 2 a
+        blow, 7 to a sleeper: with health to spare, hunger waits for the morning."""
+        return self.obs.daylight < MORNING and self.obs.vitals["health"] > NIGHT_HEALTH
+
+    def _dusk(self) -> bool:
+        return self.obs.daylight < DUSK and self.obs.daylight < self.last_daylight
 
     def executed(self, actions: list[str], position: tuple[int, int] | None = None) -> None:
         """Another player (a relabelled student) took this turn: memory follows its actions, not our
@@ -101,9 +120,15 @@ class ExpertAgent:
             return self.moves.go_do("skeleton", "defeat skeleton", 2, max_states=200)
         return None
 
+    def _keep_drinking(self):
+        """At the water already: drink to full (one sip a turn would walk off at 5 and come back at 4)."""
+        if self.world.name_at(self.world.front()) == "water" and self.obs.vitals["drink"] < ITEM_MAX["drink"]:
+            return ["do"] * self.max_actions, "subgoal: collect drink, drink to full"
+        return None
+
     def _urgent_needs(self):
         vitals = self.obs.vitals
-        if self._inside() and min(vitals["drink"], vitals["food"]) > URGENT - 2:
+        if self._inside() and (min(vitals["drink"], vitals["food"]) > URGENT - 2 or self._night_wait()):
             return None  # a little thirst is better than the night outside
         if vitals["drink"] <= URGENT:
             plan = self._drink()
@@ -113,12 +138,15 @@ class ExpertAgent:
             plan = self._eat()
             if plan:
                 return plan
+        if (self.obs.is_night or self._dusk()) and self._night_wait():
+            return None  # no long walks for food in the dark: the shelter first
+        if vitals["food"] <= URGENT:
             plan = self._find_cow()
             if plan:
                 return plan
         if self._inside() and min(vitals["drink"], vitals["food"]) <= URGENT - 2:
             return self.moves.dig_out()
-        if min(vitals["drink"], vitals["food"]) <= URGENT - 1:
+        if min(vitals["drink"], vitals["food"]) <= URGENT - 1 or vitals["food"] <= URGENT < vitals["drink"]:
             want = "water" if vitals["drink"] <= vitals["food"] else "cows"
             actions, reason = self.moves.explore()
             return actions, reason.replace("explore", f"explore for {want}")
@@ -148,14 +176,15 @@ class ExpertAgent:
     def _shelter(self):
         vitals = self.obs.vitals
         tired = vitals["energy"] <= 3
-        dark = self.obs.is_night or (self._inside() and self.obs.daylight < MORNING)
-        starving = min(vitals["drink"], vitals["food"]) <= URGENT - 2
-        if starving or not (dark or tired) or (vitals["energy"] >= ITEM_MAX["energy"] and not self._inside()):
+        hurt = vitals["health"] <= HURT or (self._inside() and vitals["health"] < HEALED)
+        dark = self.obs.is_night or self._dusk() or (self._inside() and self.obs.daylight < MORNING)
+        starving = min(vitals["drink"], vitals["food"]) <= URGENT - 2 and not (dark and self._night_wait())
+        if starving or not (dark or tired or hurt):
             self.shelter = None
             return None
         if not self._inside():  # sleeping only halves hunger and thirst: fill up first
             plan = (vitals["drink"] <= 6 and self._drink(max_states=5000)) or \
-                   (vitals["food"] <= 5 and self.moves.go_do("cow", "eat cow", 3, max_states=2000))
+                   (vitals["food"] <= 6 and self.moves.go_do("cow", "eat cow", 3, max_states=2000))
             if plan:
                 return plan
         if self.shelter is None or self.shelter_fails > 3:
@@ -223,7 +252,7 @@ class ExpertAgent:
         for action in self.obs.ready:
             if action != "sleep":
                 return [action], f"subgoal: {action.replace('_', ' ')}, ready now"
-            if (self.wake_up_tries < WAKE_UP_TRIES and not self.obs.is_night
+            if (self.wake_up_tries < WAKE_UP_TRIES and not self.obs.is_night and vitals["energy"] >= NAP_ENERGY
                     and self.obs.step - self.world.zombie_seen_step > ZOMBIE_QUIET_STEPS
                     and not self.world.hostile_within(VIEW_WIDTH) and min(vitals["food"], vitals["drink"]) > URGENT):
                 self.wake_up_tries += 1
@@ -240,7 +269,7 @@ class ExpertAgent:
             if plan:
                 return plan
         if vitals["food"] <= 6 or "eat_cow" not in self.obs.achievements:
-            plan = self.moves.go_do("cow", "eat cow", 3, max_states=150 if vitals["food"] > 6 else 600)
+            plan = self.moves.go_do("cow", "eat cow", 3, max_states=150 if vitals["food"] > 6 else 2000)
             if plan:
                 return plan
         if self.world.known("ripe plant"):
@@ -286,7 +315,11 @@ class ExpertAgent:
         return min(need, ITEM_MAX["wood"])
 
     def _collect_wood(self):
-        if self.world.inventory.get("wood", 0) >= self._wood_needed():
+        # The need is kept until met: whether the table counts as near flips as we walk, and a need
+        # that flips each step sends us to the tree and back forever.
+        self.wood_target = max(self.wood_target, self._wood_needed())
+        if self.world.inventory.get("wood", 0) >= self.wood_target:
+            self.wood_target = 0
             return None
         return self.moves.go_do("tree", "collect wood", 1)
 
@@ -407,6 +440,7 @@ class ExpertAgent:
     SUBGOALS = (
         _while_sleeping,
         _fight,
+        _keep_drinking,
         _urgent_needs,
         _cheap_wins,
         _shelter,
