@@ -5,13 +5,17 @@
 
 Episode i uses seed i (1..N). Prints per-achievement success %, mean progression (distinct
 achievements / 22), the Crafter score S = exp(mean_i ln(1 + s_i)) - 1 over success rates s_i in
-percent, mean episode length in env steps and turns, and the death rate.
+percent, mean episode length in env steps and turns, the death rate and why episodes ended
+(what killed the player, or the turn budget: `max_steps`). Under BALROG's Crafter protocol:
+
+    python bench/expert_quality.py --difficulty normal --turns 2000 --actions-per-turn 1 --episodes 30
 """
 import argparse
 import time
+from collections import Counter
 from multiprocessing import Pool
 
-from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv
+from synth_qwen.crafter_env import ACHIEVEMENTS, DEATH_CAUSES, CrafterEnv
 from synth_qwen.observation import observe
 from synth_qwen.expert import ExpertAgent
 from synth_qwen.metrics import crafter_score
@@ -22,18 +26,19 @@ def play_episode(seed: int, difficulty: str, turns: int, actions_per_turn: int) 
     env.start()
     obs = observe(env)
     agent = ExpertAgent(max_actions=actions_per_turn, seed=seed)
-    died = False
+    end_cause = "max_steps"  # the turn budget ran out (the trace's name for it)
     for turn in range(turns):
         actions, _ = agent.act(obs)
         for action in actions:
             result = env.act(action)
             if result.done:
-                died = result.end_reason == "died"
+                end_cause = result.death_cause or result.end_reason
                 break
         if result.done:
             break
         obs = observe(env)
-    return dict(seed=seed, achievements=env.achievements, steps=env.steps, turns=turn + 1, died=died)
+    return dict(seed=seed, achievements=env.achievements, steps=env.steps, turns=turn + 1,
+                died=end_cause in DEATH_CAUSES, end_cause=end_cause)
 
 
 def main() -> None:
@@ -65,6 +70,8 @@ def main() -> None:
     print(f"mean episode length {sum(ep['steps'] for ep in episodes) / n:.0f} env steps, "
           f"{sum(ep['turns'] for ep in episodes) / n:.0f} turns; "
           f"death rate {100 * sum(ep['died'] for ep in episodes) / n:.0f} %")
+    causes = Counter(ep["end_cause"] for ep in episodes)
+    print("episode ends: " + ", ".join(f"{cause} {count}" for cause, count in causes.most_common()))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ VITALS = ("health", "food", "drink", "energy")
 ACHIEVEMENT_OF = {action: "wake_up" if action == "sleep" else action
                   for action in ACTIONS if action == "sleep" or action in ACHIEVEMENTS}
 DEFAULT_LENGTH = 10_000  # Crafter's own episode cap in env steps
+# What took the player's last health point: a zombie's blow, a skeleton's arrow, lava underfoot,
+# or (while food, drink or energy is empty) the slow health loss of that need. Order = the order
+# the needs are named in when several are empty at once.
+DEATH_CAUSES = ("zombie", "arrow", "lava", "starvation", "thirst", "exhaustion")
+STARVING_NEED = {"food": "starvation", "drink": "thirst", "energy": "exhaustion"}
 
 # Each preset scales what stock worldgen produced and the creature targets of chunk balancing.
 # 1.0 everywhere = stock. Resource factors < 1 remove cells, > 1 add cells on eligible ground.
@@ -108,6 +113,7 @@ class StepResult:
     new_achievements: tuple[str, ...]
     done: bool
     end_reason: str | None  # "died" | "length" | None
+    death_cause: str | None = None  # one of DEATH_CAUSES when end_reason is "died"
 
 
 class CrafterEnv(crafter.Env):
@@ -244,9 +250,13 @@ class CrafterEnv(crafter.Env):
         self._update_time()
         self._player.action = name
         reach = 2 * max(self._view)
+        player, death_cause = self._player, None
         for obj in self._world.objects:
-            if self._player.distance(obj) < reach:
+            if player.distance(obj) < reach:
+                alive = player.health > 0
                 obj.update()
+                if alive and player.health <= 0:
+                    death_cause = self._death_cause(obj)
         if self._step % 10 == 0:
             for chunk, objs in self._world.chunks.items():
                 self._balance_chunk(chunk, objs)
@@ -263,7 +273,20 @@ class CrafterEnv(crafter.Env):
             end_reason = "length"
         else:
             end_reason = None
-        return StepResult(float(reward), new, end_reason is not None, end_reason)
+        return StepResult(float(reward), new, end_reason is not None, end_reason,
+                          death_cause if end_reason == "died" else None)
+
+    def _death_cause(self, killer) -> str:
+        """Which of DEATH_CAUSES took the last health point, given the object whose update took it."""
+        if isinstance(killer, objects.Zombie):
+            return "zombie"
+        if isinstance(killer, objects.Arrow):
+            return "arrow"
+        player = self._player
+        if self._world[player.pos][0] == "lava":
+            return "lava"
+        empty = [cause for need, cause in STARVING_NEED.items() if player.inventory[need] <= 0]
+        return empty[0] if empty else type(killer).__name__.lower()
 
     def _balance_chunk(self, chunk, objs):
         light = self._world.daylight

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 from rich.console import Console
 from rich.table import Table
 
-from synth_qwen import preflight, run_stats, stats, tracing
+from synth_qwen import balrog, preflight, run_stats, stats, tracing
 from synth_qwen.atomic_file import atomic_path, write_text_atomic
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
@@ -69,7 +69,7 @@ def play_models(settings: EvalSettings, eval_run_id: str) -> list[ModelRun]:
         console.print(f"model {index + 1}/{len(settings.models)}: {model} (run {run_id})", highlight=False)
         model_settings = settings.model_copy(update={
             "crafter_model": model, "crafter_episodes": settings.eval_episodes,
-            "crafter_seed": settings.eval_seed, "crafter_run_id": run_id})
+            "crafter_seed": settings.eval_seed, "crafter_run_id": run_id, "crafter_protocol": settings.protocol})
         result = asyncio.run(play(model_settings, run_id, "eval", model))
         runs.append(ModelRun(run_id, model, finished(result.sessions)))
     engine.dispose()
@@ -114,10 +114,12 @@ def model_report(run: ModelRun) -> dict:
         "model": run.model, "run_id": run.run_id, "episodes": len(episodes), "seeds": [s.seed for s in run.sessions],
         "crafter_score": run_stats.estimate(episodes, run_stats.crafter_score),
         "progression_pct": run_stats.estimate(episodes, run_stats.progression_pct),
+        "balrog_progression": run_stats.balrog_progression(episodes),
         "success_rates": run_stats.success_rates_with_ci(episodes),
         **{key: summary[key] for key in ("mean_achievements", "mean_reward", "mean_turns", "mean_env_steps",
                                          "invalid_turn_pct", "tokens_per_turn", "prompt_tokens",
-                                         "completion_tokens", "cost_usd", "status_counts")},
+                                         "completion_tokens", "cost_usd", "status_counts", "end_cause_counts",
+                                         "death_pct")},
         "best_episode": episode_ref(ranked[-1]), "worst_episode": episode_ref(ranked[0]),
     }
 
@@ -176,8 +178,11 @@ def build_report(runs: list[ModelRun], name: str, run_ids: str, db_url: str) -> 
     sessions = [s for run in runs for s in run.sessions]
     models = [model_report(run) for run in runs]
     seed_sets = {tuple(m["seeds"]) for m in models}
+    protocols = sorted({s.metadata.get("protocol", "default") for s in sessions})
+    protocol = protocols[0] if len(protocols) == 1 else "mixed: " + ", ".join(protocols)
     return {
         "name": name, "run_ids": run_ids, "created_at": tracing.utc_now(), "db_url": redact(db_url),
+        "protocol": protocol, **(balrog_section(models) if protocol == "balrog" else {}),
         "difficulty": sorted({s.difficulty for s in sessions}),
         "max_turns": sorted({s.metadata.get("max_turns") for s in sessions} - {None}),
         "actions_per_turn": sorted({s.metadata.get("actions_per_turn") for s in sessions} - {None}),
@@ -186,6 +191,19 @@ def build_report(runs: list[ModelRun], name: str, run_ids: str, db_url: str) -> 
         "models": models,
         "comparisons": [comparison(runs[0], run) for run in runs[1:]],
         "view": browse_line(db_url, view_path([run.run_id for run in runs])),
+    }
+
+
+def balrog_section(models: list[dict]) -> dict:
+    """The BALROG commit followed and the published leaderboard with this run's models in it."""
+    ours = [(m["model"], m["balrog_progression"]["mean"], m["balrog_progression"]["se"]) for m in models]
+    return {
+        "balrog": {"repository": balrog.REPOSITORY, "commit": balrog.COMMIT,
+                   "settings": {name.upper(): value for name, (value, _) in balrog.SETTINGS.items()},
+                   "min_episodes": balrog.MIN_EPISODES},
+        "leaderboard": {"source": balrog.LEADERBOARD_SOURCE, "date": balrog.LEADERBOARD_DATE, "caveats": balrog.CAVEATS,
+                        "rows": [{"model": model, "progression_pct": mean, "se": se, "source": source}
+                                 for model, mean, se, source in balrog.leaderboard_rows(ours)]},
     }
 
 
@@ -199,6 +217,14 @@ def view_path(run_ids: list[str]) -> str:
 def interval(estimate_: dict, digits: int = 1) -> str:
     low, high = estimate_["ci95"]
     return f"{estimate_['value']:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+
+def counts_text(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def mean_se_text(value: dict) -> str:
+    return f"{value['mean']:.1f} ± {value['se']:.1f}"
 
 
 def cost_text(cost: float | None) -> str:
@@ -216,7 +242,25 @@ SUMMARY_ROWS = (  # (row label, how to show it from a model's report)
     ("tokens per turn", lambda m: f"{m['tokens_per_turn']:.0f}"),
     ("cost", lambda m: cost_text(m["cost_usd"])),
     ("episode endings", lambda m: ", ".join(f"{k} {v}" for k, v in sorted(m["status_counts"].items()))),
+    ("why episodes ended", lambda m: counts_text(m["end_cause_counts"])),
 )
+BALROG_ROW = ("BALROG progression % (mean ± SE)", lambda m: mean_se_text(m["balrog_progression"]))
+
+
+def summary_rows(report: dict) -> tuple:
+    """The summary table's rows; under the BALROG protocol its mean ± SE sits beside our 95 % CI."""
+    if report["protocol"] != "balrog":
+        return SUMMARY_ROWS
+    return SUMMARY_ROWS[:3] + (BALROG_ROW,) + SUMMARY_ROWS[3:]
+
+
+def leaderboard_lines(report: dict) -> list[str]:
+    """The markdown leaderboard: published rows and this run's models, best first."""
+    board = report["leaderboard"]
+    out = ["| model | progression % (mean ± SE) | source |", "|---|---|---|"]
+    out += [f"| {'**' + r['model'] + '**' if r['source'] == 'this run' else r['model']} | "
+            f"{r['progression_pct']:.1f} ± {r['se']:.1f} | {r['source']} |" for r in board["rows"]]
+    return out + ["", f"Published rows: {board['source']}, snapshot {board['date']}; {board['caveats']}."]
 
 
 def rate_text(entry: dict) -> str:
@@ -229,8 +273,9 @@ def header_lines(report: dict) -> list[str]:
     paired = "the same seeds for every model (paired)" if report["same_seeds_for_every_model"] else \
         "seed sets differ between models; differences use the seeds both played"
     episodes = "/".join(sorted({str(m["episodes"]) for m in models}))
+    protocol = "" if report["protocol"] == "default" else f"Protocol {report['protocol']}: "
     return [
-        f"{episodes} episodes per model on {'/'.join(report['difficulty'])}, up to "
+        f"{protocol}{episodes} episodes per model on {'/'.join(report['difficulty'])}, up to "
         f"{'/'.join(map(str, report['max_turns']))} turns of up to {'/'.join(map(str, report['actions_per_turn']))} "
         f"actions; seeds {seed_text(report['seeds'])}: {paired}. Training rollouts start at CRAFTER_SEED=1.",
         "Runs: " + ", ".join(f"{m['model']} → {m['run_id']}" for m in models) + f" (trace DB {report['db_url']}).",
@@ -243,9 +288,15 @@ def markdown(report: dict, chart: bool) -> str:
     names = [m["model"] for m in models]
     out = [f"# Evaluation {report['name']}", "", *header_lines(report), "", "## Summary", "",
            "| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
-    out += [f"| {label} | " + " | ".join(show(m) for m in models) + " |" for label, show in SUMMARY_ROWS]
+    out += [f"| {label} | " + " | ".join(show(m) for m in models) + " |" for label, show in summary_rows(report)]
     out += ["", "CIs: percentile bootstrap over episodes. The score's interval leans low: a resample often "
             "loses a rare achievement, and the score's logarithm weighs rare achievements heavily."]
+    if report["protocol"] == "balrog":
+        out += ["", "## Beside the BALROG leaderboard (Crafter)", "",
+                f"Played by BALROG's Crafter protocol ({report['balrog']['repository']} at "
+                f"{report['balrog']['commit'][:10]}): " + ", ".join(f"{k}={v}" for k, v in report["balrog"]["settings"].items())
+                + ". BALROG reports progression as mean ± standard error (population std / √n).", "",
+                *leaderboard_lines(report)]
     if report["comparisons"]:
         out += ["", f"## Paired differences to `{names[0]}`", "",
                 f"Percentile bootstrap over seeds ({stats.RESAMPLES} resamples; both models' episodes of a seed "
@@ -279,7 +330,7 @@ def print_tables(report: dict) -> None:
     table.add_column("")
     for m in models:
         table.add_column(m["model"], justify="right")
-    for label, show in SUMMARY_ROWS:
+    for label, show in summary_rows(report):
         table.add_row(label, *(show(m) for m in models))
     achievements = Table(title="success % (95 % Wilson interval)")
     achievements.add_column("achievement")
@@ -289,10 +340,26 @@ def print_tables(report: dict) -> None:
         achievements.add_row(name, *(rate_text(m["success_rates"][name]) for m in models))
     out.print(achievements)
     out.print(table)
+    if report["protocol"] == "balrog":
+        out.print(leaderboard_table(report))
+        board = report["leaderboard"]
+        out.print(f"Published rows: {board['source']}, snapshot {board['date']}; {board['caveats']}.",
+                  highlight=False, soft_wrap=True)
     for line in header_lines(report):
         out.print(line, highlight=False, soft_wrap=True)  # never cut: the view command stays copyable
     for c in report["comparisons"]:
         out.print(c["sentence"], highlight=False)
+
+
+def leaderboard_table(report: dict) -> Table:
+    table = Table(title=f"Crafter progression beside the BALROG leaderboard (protocol at "
+                        f"{report['balrog']['commit'][:10]})")
+    for column, justify in (("model", "left"), ("progression % (mean ± SE)", "right"), ("source", "left")):
+        table.add_column(column, justify=justify)
+    for row in report["leaderboard"]["rows"]:
+        style = "bold" if row["source"] == "this run" else None
+        table.add_row(row["model"], f"{row['progression_pct']:.1f} ± {row['se']:.1f}", row["source"], style=style)
+    return table
 
 
 def write_chart(report: dict, path: Path) -> bool:
@@ -378,7 +445,9 @@ def main() -> int:
         last_seed = settings.eval_seed + settings.eval_episodes - 1
         console.print(f"evaluation {name}: {len(settings.models)} model(s) × {settings.eval_episodes} episodes on "
                       f"{settings.crafter_difficulty}, seeds {settings.eval_seed}..{last_seed}, "
-                      f"{settings.crafter_max_steps} turns each -> {redact(settings.crafter_db_url)}", highlight=False)
+                      f"{settings.crafter_max_steps} turns each"
+                      + (f" ({settings.protocol} protocol)" if settings.protocol != "default" else "")
+                      + f" -> {redact(settings.crafter_db_url)}", highlight=False)
         runs, stopped = play_until_stopped(lambda: play_models(settings, name), rerun)
         if stopped:
             return stopped

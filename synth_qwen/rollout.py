@@ -75,6 +75,7 @@ class Episode:
         self.total_reward = 0.0
         self.invalid_turns = 0
         self.status, self.status_reason, self.failure = "max_steps", None, None
+        self.death_cause: str | None = None
 
     def feedback_line(self, reason: str) -> str:
         how = (f"call {INTERACT_TOOL_NAME} with 1 to {self.s.crafter_actions_per_turn} valid action names"
@@ -143,7 +144,7 @@ class Episode:
             self.steps.append(Step(turn, env.steps, action, result.reward, list(result.new_achievements),
                                    result.end_reason))
             if result.done:
-                end_reason = result.end_reason
+                end_reason, self.death_cause = result.end_reason, result.death_cause
                 break
         self.total_reward += reward
         outcome = (f"Executed: {', '.join(executed)}. Reward: {reward:+.1f}. "
@@ -171,7 +172,9 @@ class Episode:
         answered = [e for e in self.events if not e.error]
         cost = None if any(e.cost_usd is None for e in answered) else sum(e.cost_usd or 0.0 for e in answered)
         achievements = list(self.env.achievements) if self.env else []
+        end_cause = self.death_cause if self.status == "died" else tracing.END_CAUSE_OF_STATUS[self.status]
         return {"status": self.status, "status_reason": self.status_reason, "failure": self.failure,
+                "end_cause": end_cause,
                 "total_reward": round(self.total_reward, 6), "achievements": achievements,
                 "num_achievements": len(achievements), "env_steps": len(self.steps),
                 "turns": len(self.events), "invalid_turns": self.invalid_turns,
@@ -239,7 +242,7 @@ class Runner:
             "owner": self.owner,
             "metadata": {"episode_index": seed - self.first_seed, "max_turns": self.s.crafter_max_steps,
                          "actions_per_turn": self.s.crafter_actions_per_turn, "history": self.s.crafter_history,
-                         "tool_mode": self.tool_mode,
+                         "tool_mode": self.tool_mode, "protocol": self.s.protocol,
                          "sampling_seed": self.endpoint.seed_base() if self.endpoint else None}}
 
     async def claim(self, fresh: deque[int]) -> dict | None:

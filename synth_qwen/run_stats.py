@@ -3,6 +3,7 @@ definitions) and `stats` (the intervals). run_crafter's summary, its progress li
 the rounds table all read these."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from statistics import mean
 from typing import Sequence
@@ -20,6 +21,16 @@ def crafter_score(episodes: Episodes) -> float:
 
 def progression_pct(episodes: Episodes) -> float:
     return 100 * mean(metrics.progression(achievements) for achievements in episodes)
+
+
+def balrog_progression(episodes: Episodes) -> dict:
+    """BALROG's summary of a run, in percent: mean progression ± its standard error, the population
+    standard deviation / √n (0 for a single episode, as BALROG reports it)."""
+    values = [100 * metrics.progression(achievements) for achievements in episodes]
+    n = len(values)
+    centre = mean(values)
+    spread = math.sqrt(sum((v - centre) ** 2 for v in values) / n)
+    return {"mean": round(centre, 2), "se": round(spread / math.sqrt(n), 2) if n > 1 else 0.0}
 
 
 def estimate(episodes: Episodes, statistic) -> dict:
@@ -74,10 +85,13 @@ def summarize(sessions: Sequence[Session], wall_s: float = 0.0) -> dict:
     rates = metrics.success_rates([s.achievements for s in finished])
     costs = [s.cost_usd for s in finished]
     statuses: dict[str, int] = {}
+    causes: dict[str, int] = {}
     for s in finished:
         statuses[s.status] = statuses.get(s.status, 0) + 1
+        causes[s.end_cause or "unknown"] = causes.get(s.end_cause or "unknown", 0) + 1
     return {
-        "episodes": len(finished), "status_counts": statuses,
+        "episodes": len(finished), "status_counts": statuses, "end_cause_counts": causes,
+        "death_pct": round(100 * statuses.get("died", 0) / n, 1),
         "crafter_score": round(metrics.crafter_score(rates.values()), 3) if finished else None,
         "progression_pct": round(100 * sum(metrics.progression(s.achievements) for s in finished) / n, 2),
         "mean_achievements": round(sums.achievements / n, 3),

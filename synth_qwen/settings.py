@@ -29,6 +29,7 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from pydantic_settings import (BaseSettings, CliPositionalArg, CliSettingsSource, DotEnvSettingsSource,
                                EnvSettingsSource, SettingsConfigDict)
 
+from synth_qwen import balrog
 from synth_qwen.sft_format import MIN_EXAMPLES
 
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
@@ -275,6 +276,7 @@ def split_words(value: str | list | None) -> list:
 # Stage settings
 
 Difficulty = Literal["peaceful", "easy", "normal", "hard"]
+Protocol = Literal["default", "balrog"]  # default: this project's own settings; balrog: balrog.SETTINGS
 
 
 class RolloutSettings(Settings):
@@ -310,6 +312,37 @@ class RolloutSettings(Settings):
     crafter_summary_json: Path | None = None
     # Fleets: an episode whose process has not heartbeaten for this long is taken over by another.
     crafter_lease_s: float = Field(60.0, ge=1, le=86_400)
+    crafter_protocol: Protocol = "default"  # balrog: BALROG's Crafter rules (synth_qwen/balrog.py)
+
+    @property
+    def protocol(self) -> str:
+        return self.crafter_protocol
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_settings(cls, data):
+        """Under a protocol, the settings it fixes default to its values (a value the user set is
+        checked against them below)."""
+        if isinstance(data, dict) and protocol_named(data)[1] == "balrog":
+            data = {**{name: value for name, (value, _) in balrog.SETTINGS.items()}, **data}
+            if "eval_episodes" in cls.model_fields:
+                data.setdefault("eval_episodes", balrog.MIN_EPISODES)
+        return data
+
+    @model_validator(mode="after")
+    def _protocol_followed(self):
+        variable, protocol = protocol_named(self.model_dump(include={"crafter_protocol", "eval_protocol"}))
+        if protocol != "balrog":
+            return self
+        for name, (value, why) in balrog.SETTINGS.items():
+            if getattr(self, name) != value:
+                raise ValueError(f"{name.upper()}={getattr(self, name)!r} contradicts {variable}=balrog, which plays "
+                                 f"{name.upper()}={value} ({why}): unset it, or leave out {variable}")
+        episodes = getattr(self, "eval_episodes", balrog.MIN_EPISODES)
+        if episodes < balrog.MIN_EPISODES:
+            raise ValueError(f"EVAL_EPISODES={episodes} contradicts {variable}=balrog, which plays at least "
+                             f"{balrog.MIN_EPISODES} episodes (eval.num_episodes.crafter): unset it or raise it")
+        return self
 
     @field_validator("crafter_model")
     @classmethod
@@ -322,6 +355,14 @@ class RolloutSettings(Settings):
     def _last_seed(self):
         check_last_seed("CRAFTER_SEED", self.crafter_seed, "CRAFTER_EPISODES", self.crafter_episodes)
         return self
+
+
+def protocol_named(values: dict) -> tuple[str, str]:
+    """(the variable that sets the protocol, the protocol): EVAL_PROTOCOL takes the place of
+    CRAFTER_PROTOCOL in eval."""
+    if values.get("eval_protocol"):
+        return "EVAL_PROTOCOL", values["eval_protocol"]
+    return "CRAFTER_PROTOCOL", values.get("crafter_protocol") or "default"
 
 
 def check_last_seed(seed_name: str, first: int, count_name: str, count: int) -> None:
@@ -400,6 +441,11 @@ class EvalSettings(RolloutSettings):
     eval_run_ids: list[str] = []  # report on these finished eval runs (or <id>-mN runs) without playing
     eval_report_dir: Path | None = None  # default reports/<eval run id>
     eval_replays: bool = True  # GIF replays of each model's best and worst episode in the report
+    eval_protocol: Protocol | None = None  # balrog: BALROG's Crafter protocol; unset: CRAFTER_PROTOCOL
+
+    @property
+    def protocol(self) -> str:
+        return protocol_named({"eval_protocol": self.eval_protocol, "crafter_protocol": self.crafter_protocol})[1]
 
     @field_validator("eval_models", "eval_run_ids", mode="before")
     @classmethod

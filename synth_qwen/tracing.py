@@ -32,11 +32,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy import JSON, Boolean, Column, Float, ForeignKey, Integer, String, Table, Text
 
-SCHEMA_VERSION = 3  # v2: session_traces.failure; v3: owner + heartbeat_at (older DBs are upgraded when opened)
+SCHEMA_VERSION = 4  # v2: session_traces.failure; v3: owner + heartbeat_at; v4: end_cause (older DBs are upgraded when opened)
 STATUSES = ("completed", "died", "max_steps", "agent_error", "incomplete")
 # Why an agent_error episode ended: its policy could not be called, or it kept answering invalidly.
 CALL_FAILED, INVALID_TURNS = "call_failed", "invalid_turns"
 FAILURES = (CALL_FAILED, INVALID_TURNS)
+# Why a finished episode ended: what killed the player (crafter_env.DEATH_CAUSES), else its status
+# says it: the turn budget ran out (max_steps), Crafter's own length cap (length), or agent_error.
+END_CAUSE_OF_STATUS = {"max_steps": "max_steps", "completed": "length", "agent_error": "agent_error"}
 
 metadata = sa.MetaData()
 
@@ -67,6 +70,7 @@ session_traces = Table(  # one per episode
     Column("status", String(20), index=True),
     Column("status_reason", Text),
     Column("failure", String(20)),  # one of FAILURES for agent_error episodes, else NULL
+    Column("end_cause", String(20)),  # what killed the player, or END_CAUSE_OF_STATUS; NULL: unknown (v3 deaths)
     Column("total_reward", Float),
     Column("achievements", JSON),
     Column("num_achievements", Integer),
@@ -238,6 +242,7 @@ class Session(Record):
     status: str
     status_reason: str | None = None
     failure: str | None = None
+    end_cause: str | None = None
     total_reward: float = 0.0
     achievements: list = field(default_factory=list)
     num_achievements: int = 0
@@ -395,7 +400,16 @@ def upgrade_v2_to_v3(conn) -> None:
     conn.execute(schema_version.insert().values(version=3, applied_at=utc_now()))
 
 
-UPGRADES = {1: upgrade_v1_to_v2, 2: upgrade_v2_to_v3}  # from version -> the step to the next
+def upgrade_v3_to_v4(conn) -> None:
+    """v4 adds session_traces.end_cause. An old episode's status says why it ended unless it died:
+    what killed the player was not recorded, so those stay NULL (unknown)."""
+    conn.execute(sa.text("ALTER TABLE session_traces ADD COLUMN end_cause VARCHAR(20)"))
+    for status, cause in END_CAUSE_OF_STATUS.items():
+        conn.execute(session_traces.update().where(session_traces.c.status == status).values(end_cause=cause))
+    conn.execute(schema_version.insert().values(version=4, applied_at=utc_now()))
+
+
+UPGRADES = {1: upgrade_v1_to_v2, 2: upgrade_v2_to_v3, 3: upgrade_v3_to_v4}  # from version -> the step to the next
 
 
 # ---------------------------------------------------------------------------------------

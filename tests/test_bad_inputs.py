@@ -61,6 +61,13 @@ CASES = [  # (module, arguments, environment, fixtures, exit status, words the l
     ("run_crafter", [], {**PLAY, "CRAFTER_SUMMARY_JSON": "adir"}, ["dir"], 2, "CRAFTER_SUMMARY_JSON='adir' is invalid: it is a folder"),
     ("run_crafter", [], PLAY, ["latin1 .env"], 2, ".env is not UTF-8 text"),
     # eval
+    # a setting that contradicts BALROG's protocol (the protocol's own values are its defaults)
+    ("eval", [], {"EVAL_PROTOCOL": "balrog", "CRAFTER_DIFFICULTY": "easy"}, [], 2,
+     "CRAFTER_DIFFICULTY='easy' contradicts EVAL_PROTOCOL=balrog, which plays CRAFTER_DIFFICULTY=normal"),
+    ("eval", [], {"EVAL_PROTOCOL": "balrog", "EVAL_EPISODES": "3"}, [], 2, "EVAL_EPISODES=3 contradicts EVAL_PROTOCOL=balrog"),
+    ("run_crafter", [], {"CRAFTER_PROTOCOL": "balrog", "CRAFTER_ACTIONS_PER_TURN": "5"}, [], 2,
+     "CRAFTER_ACTIONS_PER_TURN=5 contradicts CRAFTER_PROTOCOL=balrog"),
+    ("run_crafter", [], {"CRAFTER_PROTOCOL": "BALROG"}, [], 2, "CRAFTER_PROTOCOL='BALROG' is invalid"),
     ("eval", [], {**EVAL, "EVAL_REPORT_DIR": UNWRITABLE}, [], 2, "EVAL_REPORT_DIR='/sys/synth_qwen_test/out' is invalid: cannot write in /sys"),
     ("eval", [], {**EVAL, "EVAL_REPORT_DIR": "notes.db"}, ["text"], 2, "EVAL_REPORT_DIR='notes.db' is invalid: it is a file"),
     ("eval", [], {**EVAL, "CRAFTER_DB_URL": "notes.db"}, ["text"], 2, "CRAFTER_DB_URL='sqlite:///notes.db' is invalid"),

@@ -9,7 +9,7 @@ import pytest
 import crafter
 from crafter import objects
 from synth_qwen import world_stats
-from synth_qwen.crafter_env import ACHIEVEMENTS, ACTIONS, CrafterEnv
+from synth_qwen.crafter_env import ACHIEVEMENTS, ACTIONS, DEATH_CAUSES, CrafterEnv
 
 TRAJECTORY_SCRIPT = """
 import json, sys
@@ -157,3 +157,48 @@ def test_the_stock_api_and_ours_play_the_same_game():
         result = ours.act(int(action))
         assert (reward, done) == (result.reward, result.done)
     assert stock_api.world_hash() == ours.world_hash()
+
+
+def dying_player(seed: int = 3) -> CrafterEnv:
+    """A fresh peaceful world (nothing hostile about) whose player has one health point left, facing open
+    ground, with the objects around it cleared so each test puts its own killer there."""
+    env = CrafterEnv(seed=seed, difficulty="peaceful")
+    env.start()
+    player, world = env._player, env._world
+    for obj in [obj for obj in world.objects if obj is not player and player.distance(obj) < 20]:
+        world.remove(obj)
+    x, y = player.pos
+    for cell in [(x + dx, y + dy) for dx in range(-2, 3) for dy in range(-2, 3) if (dx, dy) != (0, 0)]:
+        world[cell] = "grass"
+    player.facing = (1, 0)
+    player.health = 1
+    return env
+
+
+def test_a_death_names_what_killed_the_player():
+    def zombie(env):
+        env._world.add(objects.Zombie(env._world, env._player.pos + (0, 1), env._player))
+
+    def arrow(env):  # flying at the player from the east
+        env._world.add(objects.Arrow(env._world, env._player.pos + (1, 0), (-1, 0)))
+
+    def lava(env):
+        env._world[tuple(env._player.pos + (1, 0))] = "lava"
+        return "move_right"
+
+    def need(name):
+        def empty(env):
+            env._player.inventory[name] = 0
+            env._player._recover = -15  # the next step without it costs a health point
+        return empty
+
+    killers = {"zombie": zombie, "arrow": arrow, "lava": lava, "starvation": need("food"),
+               "thirst": need("drink"), "exhaustion": need("energy")}
+    assert set(killers) == set(DEATH_CAUSES)
+    for cause, set_up in killers.items():
+        env = dying_player()
+        action = set_up(env) or "noop"
+        result = env.act(action)
+        assert (result.end_reason, result.death_cause) == ("died", cause)
+    env = dying_player()
+    assert env.act("noop").death_cause is None  # alive: no cause

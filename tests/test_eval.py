@@ -7,7 +7,8 @@ import sys
 import imageio.v3 as iio
 import pytest
 
-from synth_qwen import replay, tracing
+from synth_qwen import balrog, replay, tracing
+from synth_qwen.crafter_env import DEATH_CAUSES
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from rollout_helpers import db_sessions, rollout_env, run_module, run_module_capped
 
@@ -283,3 +284,38 @@ def test_replay_of_an_unknown_session_exits_2(evaluated, tmp_path):
     done = subprocess.run([sys.executable, "-m", "synth_qwen.replay", "sess_nope", "--db", str(db)],
                           capture_output=True, text=True, cwd=tmp_path, env=rollout_env(tmp_path))
     assert done.returncode == 2 and "no session 'sess_nope'" in done.stderr
+
+
+def test_balrog_protocol_plays_by_its_rules_and_reports_beside_the_leaderboard(tmp_path):
+    """run_crafter under CRAFTER_PROTOCOL=balrog (as training data would be played), then eval's report
+    on that run: BALROG's mean ± SE, the commit followed, the published rows with ours among them."""
+    played = run_module("synth_qwen.run_crafter", rollout_env(
+        tmp_path, crafter_protocol="balrog", crafter_model="builtin:random", crafter_episodes=2,
+        crafter_run_id="bal"), tmp_path)
+    assert played.returncode == 0, played.stderr
+    sessions = db_sessions(tmp_path / "traces.db")
+    for s in sessions:
+        assert (s.difficulty, s.metadata["actions_per_turn"], s.metadata["max_turns"], s.metadata["history"],
+                s.metadata["protocol"], s.request_params["model"]) == ("normal", 1, 2000, 15, "balrog", "builtin:random")
+        assert s.env_steps == s.turns  # one action per turn
+        assert s.status == "died" and s.end_cause in DEATH_CAUSES  # random play does not last 2,000 steps
+    done = run_module("synth_qwen.eval", rollout_env(tmp_path, eval_run_ids="bal", eval_report_dir=tmp_path / "r",
+                                                     eval_replays=0), tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["protocol"] == "balrog" and report["balrog"]["commit"] == balrog.COMMIT
+    [model] = report["models"]
+    values = [100 * len(s.achievements) / 22 for s in sessions]
+    centre = sum(values) / 2
+    se = (sum((v - centre) ** 2 for v in values) / 2) ** 0.5 / 2 ** 0.5  # population std / sqrt(n)
+    assert model["balrog_progression"] == {"mean": round(centre, 2), "se": round(se, 2)}
+    assert sum(model["end_cause_counts"].values()) == 2
+    rows = report["leaderboard"]["rows"]
+    assert [r["model"] for r in rows if r["source"] == "published"] == [name for name, _, _ in balrog.LEADERBOARD]
+    assert [r["progression_pct"] for r in rows] == sorted((r["progression_pct"] for r in rows), reverse=True)
+    assert {"model": "builtin:random", "progression_pct": round(centre, 2), "se": round(se, 2),
+            "source": "this run"} in rows
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert "## Beside the BALROG leaderboard (Crafter)" in markdown and "| Grok-4 | 57.3 ± 3.9 | published |" in markdown
+    assert "zero-shot" in markdown and "BALROG progression % (mean ± SE)" in markdown
+    assert "Grok-4" in done.stdout and "published numbers" in " ".join(done.stdout.split())

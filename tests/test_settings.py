@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from synth_qwen import settings
+from synth_qwen import balrog, settings
 from synth_qwen.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,3 +200,44 @@ def test_the_line_says_which_layer_a_bad_value_came_from(tmp_path):
     assert run("filter_traces", tmp_path, "--mode", "x").stderr.endswith("(from the command line)\n")
     from_env = run("filter_traces", tmp_path, FILTER_MODE="x").stderr
     assert from_env.endswith("Input should be 'turn' or 'episode'\n")  # the environment is the usual place
+
+
+# BALROG's Crafter protocol: its settings are the defaults, and any other value the user sets stops the stage
+
+CONTRADICTIONS = {"crafter_difficulty": "easy", "crafter_actions_per_turn": "5", "crafter_max_steps": "30",
+                  "crafter_history": "2", "crafter_temperature": "0.7"}
+
+
+def test_the_balrog_protocol_sets_its_settings_and_the_default_protocol_is_unchanged():
+    assert set(CONTRADICTIONS) == set(balrog.SETTINGS)  # every setting the protocol fixes is tried below
+    plain = settings.parse(settings.EvalSettings, {})
+    assert (plain.protocol, plain.crafter_difficulty, plain.crafter_actions_per_turn, plain.eval_episodes) == \
+        ("default", "easy", 5, 20)
+    for stage, variable in ((settings.RolloutSettings, "crafter_protocol"), (settings.EvalSettings, "eval_protocol"),
+                            (settings.EvalSettings, "crafter_protocol")):
+        played = settings.parse(stage, {variable: "balrog"})
+        assert played.protocol == "balrog"
+        assert {name: getattr(played, name) for name in balrog.SETTINGS} == \
+            {"crafter_difficulty": "normal", "crafter_actions_per_turn": 1, "crafter_max_steps": 2000,
+             "crafter_history": 15, "crafter_temperature": 1.0}
+    assert settings.parse(settings.EvalSettings, {"eval_protocol": "balrog"}).eval_episodes == 10
+    # the protocol's own values, set explicitly, and more episodes are fine
+    agreeing = {"eval_protocol": "balrog", "crafter_difficulty": "normal", "crafter_temperature": "1",
+                "eval_episodes": "30"}
+    assert settings.parse(settings.EvalSettings, agreeing).eval_episodes == 30
+
+
+@pytest.mark.parametrize("name,value", sorted(CONTRADICTIONS.items()))
+def test_a_setting_that_contradicts_the_balrog_protocol_is_named(name, value):
+    for stage, variable in ((settings.RolloutSettings, "crafter_protocol"), (settings.EvalSettings, "eval_protocol")):
+        with pytest.raises(SettingsError) as error:
+            settings.parse(stage, {variable: "balrog", name: value})
+        message = str(error.value)
+        assert message.startswith(f"{name.upper()}=") and f"contradicts {variable.upper()}=balrog" in message
+        assert "\n" not in message
+        settings.parse(stage, {name: value})  # fine without the protocol
+
+
+def test_balrog_plays_at_least_its_ten_episodes():
+    with pytest.raises(SettingsError, match="EVAL_EPISODES=9 contradicts EVAL_PROTOCOL=balrog"):
+        settings.parse(settings.EvalSettings, {"eval_protocol": "balrog", "eval_episodes": "9"})

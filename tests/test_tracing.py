@@ -60,8 +60,8 @@ def test_a_v1_database_is_upgraded_step_by_step_and_its_failures_classified(tmp_
             conn.execute(tracing.session_traces.update().where(tracing.session_traces.c.session_id == f"sess_{index}")
                          .values(status="agent_error", status_reason=reason))
     engine.dispose()
-    with sqlite3.connect(path) as db:  # turn it into what v1 wrote: no failure, owner, heartbeat; version 1
-        for column in ("failure", "owner", "heartbeat_at"):
+    with sqlite3.connect(path) as db:  # turn it into what v1 wrote: no failure, owner, heartbeat, end cause; version 1
+        for column in ("failure", "owner", "heartbeat_at", "end_cause"):
             db.execute(f"ALTER TABLE session_traces DROP COLUMN {column}")
         db.execute("DELETE FROM schema_version")
         db.execute("INSERT INTO schema_version (version) VALUES (1)")
@@ -71,6 +71,30 @@ def test_a_v1_database_is_upgraded_step_by_step_and_its_failures_classified(tmp_
     assert tracing.sessions(engine)[0].never_reached_policy and not tracing.sessions(engine)[1].never_reached_policy
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.max(tracing.schema_version.c.version))).scalar() == tracing.SCHEMA_VERSION
+
+
+def test_a_v3_database_gets_the_end_causes_its_statuses_tell(tmp_path):
+    """v4 adds end_cause: an old episode's status says why it ended, except what killed a player
+    (v3 did not record it: unknown)."""
+    path = tmp_path / "v3.db"
+    engine = tracing.open_db(f"sqlite:///{path}")
+    statuses = ["died", "max_steps", "completed", "agent_error", "incomplete"]
+    for seed, status in enumerate(statuses):
+        register(engine, f"sess_{status}", seed=seed)
+        with engine.begin() as conn:
+            conn.execute(tracing.session_traces.update().where(tracing.session_traces.c.seed == seed)
+                         .values(status=status))
+    engine.dispose()
+    with sqlite3.connect(path) as db:  # what v3 wrote: no end_cause column; version 3
+        db.execute("ALTER TABLE session_traces DROP COLUMN end_cause")
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (3)")
+    engine = tracing.open_db(f"sqlite:///{path}", create=False)
+    causes = {s.status: s.end_cause for s in tracing.sessions(engine)}
+    assert causes == {"died": None, "max_steps": "max_steps", "completed": "length", "agent_error": "agent_error",
+                      "incomplete": None}
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.max(tracing.schema_version.c.version))).scalar() == 4
 
 
 def test_an_interrupt_never_turns_a_finished_episode_back_into_an_incomplete_one(tmp_path):
