@@ -41,7 +41,7 @@ def job(work: Path, name: str, data: Path, epochs: int, batch: int, **env) -> di
         finished = wait_for_job(client, created.id, timeout_s=1800)
         wall = time.perf_counter() - started
         assert finished.status == "succeeded", finished.error
-        events = list(reversed(client.fine_tuning.jobs.list_events(created.id, limit=200).data))
+        events = list(reversed(client.fine_tuning.jobs.list_events(created.id, limit=100).data))
         losses = [(e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics"]
         done = next(e.data for e in events if "tokens_per_second" in (e.data or {}))
         return {"losses": losses, "steady": done["steady_tokens_per_second"], "wall": wall}
