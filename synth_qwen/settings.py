@@ -333,6 +333,8 @@ class KickoffSettings(Settings):
 
     qwen_base_model: str = DEFAULT_MODEL
     qwen_training_jsonl: Path = DEFAULT_SFT_JSONL
+    sft_method: Literal["supervised", "dpo"] = "supervised"  # dpo: the JSONL holds preference pairs
+    sft_dpo_beta: float | Literal["auto"] = "auto"  # dpo only
     sft_n_epochs: int | Literal["auto"] = 1
     sft_batch_size: int | Literal["auto"] = 4
     sft_learning_rate_multiplier: float | Literal["auto"] = "auto"
@@ -347,11 +349,11 @@ class KickoffSettings(Settings):
     sft_cancel_on_interrupt: bool = False
     sft_force_new: bool = False  # ignore a matching job in the state file and start a new one
 
-    @field_validator("sft_n_epochs", "sft_batch_size", "sft_learning_rate_multiplier")
+    @field_validator("sft_n_epochs", "sft_batch_size", "sft_learning_rate_multiplier", "sft_dpo_beta")
     @classmethod
     def _hyperparameter(cls, value, info):
         from synth_qwen.fine_tuning_api import hyperparameter_problem  # the service's own rule, checked up front
-        problem = hyperparameter_problem(info.field_name.removeprefix("sft_"), value)
+        problem = hyperparameter_problem(info.field_name.removeprefix("sft_").removeprefix("dpo_"), value)
         if problem:
             raise ValueError(problem)
         return value
