@@ -496,7 +496,7 @@ class FilterSettings(Settings):
                        "filter-max-example-tokens": "max-example-tokens", "filter-dedup": "dedup",
                        "filter-reasoning": "reasoning", "filter-validation-fraction": "validation-fraction",
                        "filter-validation-jsonl": "validation-output", "filter-dry-run": "dry-run",
-                       "filter-json": "json", "filter-relabel": "relabel"})
+                       "filter-json": "json", "filter-relabel": "relabel", "filter-format": "format"})
     toml_table = "filter"
 
     crafter_db_url: DbUrl = DEFAULT_DB_URL
@@ -520,6 +520,7 @@ class FilterSettings(Settings):
     filter_dry_run: bool = Field(False, description="report the funnel, write nothing")
     filter_json: bool = Field(False, description="the funnel as JSON on stdout (the text goes to stderr)")
     filter_relabel: str | None = None  # a teacher re-answers every turn of the kept episodes (DAgger)
+    filter_format: Literal["sft", "dpo"] = "sft"  # dpo: preference pairs, the teacher's reply over the student's
 
     @field_validator("max_cost", "max_tokens", "filter_max_example_tokens", mode="before")
     @classmethod
@@ -564,6 +565,9 @@ class FilterSettings(Settings):
         if self.filter_relabel and self.filter_mode != "turn":
             raise ValueError(f"FILTER_RELABEL relabels single turns: it needs FILTER_MODE=turn, "
                              f"not {self.filter_mode} (or unset FILTER_RELABEL)")
+        if self.filter_format == "dpo" and not self.filter_relabel:
+            raise ValueError(f"FILTER_FORMAT=dpo pairs the teacher's reply with the student's: set FILTER_RELABEL "
+                             f"(e.g. {RELABEL_TEACHERS[0]})")
         return self
 
     @property
