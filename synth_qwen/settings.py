@@ -425,7 +425,7 @@ class RoundsSettings(Settings):
     rounds_teacher_episodes: int = Field(40, ge=1, le=100_000)  # round 0's training episodes
     rounds_student_episodes: int = Field(20, ge=1, le=100_000)  # training episodes the student plays per later round
     rounds_student_temperature: float = Field(1.0, ge=0.0, le=2.0)  # sampling while the student plays
-    rounds_data: Literal["relabel", "rejection", "both"] = "relabel"  # later rounds' data (DAgger / own best)
+    rounds_data: Literal["relabel", "rejection", "both", "dpo"] = "relabel"  # later rounds' data (DAgger / own best / pairs)
     rounds_init: Literal["base", "previous"] = "base"  # base: base model on all data so far; previous: last model on new data
     rounds_min_reward: float = 1.0  # rejection sampling: the student's own episodes with at least this reward
     rounds_eval_temperatures: list[float] = [0.7, 0.0]  # every round is evaluated at each; the first is the headline
