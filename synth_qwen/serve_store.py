@@ -130,7 +130,8 @@ class FineTuningJob(BaseModel):
     def _from_method(cls, data):
         method = data.get("method") if isinstance(data, dict) else None
         if isinstance(method, dict) and method.get("type") == "dpo":
-            data = {**data, "method_type": "dpo", "beta": method["dpo"]["hyperparameters"]["beta"]}
+            hyperparameters = (method.get("dpo") or {}).get("hyperparameters") or {}
+            data = {**data, "method_type": "dpo", "beta": hyperparameters.get("beta", "auto")}
         return data
 
     @computed_field

@@ -90,7 +90,7 @@ def sequence_logps(model, input_ids, labels, attention):
 
     targets = labels[:, 1:]
     positions = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=positions).logits
+    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=positions, use_cache=False).logits
     targets = targets[:, positions]
     logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (logps * (targets != -100)).sum(dim=1)

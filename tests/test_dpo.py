@@ -97,9 +97,9 @@ def test_dpo_moves_the_answer_from_the_non_preferred_reply_to_the_preferred_one(
 
     steps = metrics(client, job.id)
     assert [data["step"] for data in steps] == list(range(1, 13))
-    assert math.isclose(steps[0]["train_loss"], math.log(2), rel_tol=1e-4)  # the reference = the starting model
-    assert steps[0]["reward_accuracy"] == 0 and steps[0]["reward_margin"] == 0  # every reward starts at 0
-    assert steps[-1]["reward_accuracy"] == 1 and steps[-1]["reward_margin"] > 0.5
+    # the reference is the starting model: every reward starts at 0 (up to float noise between batchings)
+    assert math.isclose(steps[0]["train_loss"], math.log(2), rel_tol=1e-4) and abs(steps[0]["reward_margin"]) < 1e-4
+    assert steps[0]["reward_accuracy"] <= 0.5 and steps[-1]["reward_accuracy"] == 1 and steps[-1]["reward_margin"] > 0.5
     assert steps[-1]["train_loss"] < 0.5 * steps[0]["train_loss"]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert sorted(c.step_number for c in checkpoints) == [3, 6, 9, 12]
