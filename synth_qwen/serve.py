@@ -293,9 +293,8 @@ def requested_method(body: dict) -> tuple[str, Hyperparameters, float | str | No
     if kind not in METHODS:
         raise ApiError(400, f"method.type {kind!r} is not supported here; supported: "
                             f"{', '.join(repr(name) for name in METHODS)}.", param="method.type")
-    given = method.get(kind) or {}
-    merged = {**(body.get("hyperparameters") or {}), **((given.get("hyperparameters") if isinstance(given, dict)
-                                                         else None) or {})}
+    given = method.get(kind) if isinstance(method.get(kind), dict) else {}
+    merged = {**(body.get("hyperparameters") or {}), **(given.get("hyperparameters") or {})}
     names = METHOD_HYPERPARAMETERS[kind]
     for name in merged:
         if name in HYPERPARAMETER_RANGES and name not in names:
@@ -350,8 +349,8 @@ async def create_job(request: web.Request) -> web.Response:
     training_file, _ = training_file_path(request, body, "training_file")  # the body is checked first, then files
     validation_file, _ = training_file_path(request, body, "validation_file")
     job = FineTuningJob(id=new_id("ftjob"), created_at=now(), model=model, status="validating_files",
-                        hyperparameters=hyperparameters, method_type=method_type, beta=beta, seed=seed if seed is not None else secrets.randbelow(2**31),
-                        training_file=training_file, validation_file=validation_file, metadata=metadata, suffix=suffix)
+                        hyperparameters=hyperparameters, method_type=method_type, beta=beta,
+                        seed=seed if seed is not None else secrets.randbelow(2**31), training_file=training_file, validation_file=validation_file, metadata=metadata, suffix=suffix)
     store.save_job(job)
     store.add_event(job.id, f"Created fine-tuning job: {job.id}")
     app["background"].add(asyncio.create_task(validate_job(app, job.id, spec)))
