@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/bench_serve.py
 
-1. training tokens/s: service jobs vs a plain PyTorch loop on the same model, data, batch,
-   optimizer and torch thread count, alternated (ROUNDS each, medians). Steady state: tokens
-   after the first step / time after the first step; only non-padding tokens count. The service
-   number is measured inside the job's worker around TRL's steps (so it includes the trainer's
-   per-step work: collation, loss on assistant tokens, metrics), not the worker's start-up,
-   tokenization or model loading; the whole-`train()` figure is printed too.
+1. training tokens/s: service jobs vs plain PyTorch loops (fp32 / bf16 autocast, eager /
+   torch.compile) on the same model, data, batch, optimizer and torch thread count, alternated
+   (ROUNDS each, medians). Steady state: tokens after the first step / time after the first step;
+   only non-padding tokens count. The service number is measured inside the job's worker around its
+   steps (so it includes the loop's per-step work: collation, loss on assistant tokens, metrics),
+   not the worker's start-up, tokenization or model loading; the whole-`train()` figure too.
 2. generation ms/token after a 600-token prompt, in the inference worker's own decoding loop:
    warm-up, then the median over GEN_RUNS greedy runs of GEN_TOKENS tokens (stop tokens off),
    timing only the decode steps after the prefill (printed apart).
@@ -35,7 +35,7 @@ from openai import OpenAI  # noqa: E402
 from serve_helpers import Server, crafter_examples, wait_for_job, write_jsonl  # noqa: E402
 
 SIZE = "small"
-EXAMPLES, BATCH, ROUNDS = 48, 4, 2
+EXAMPLES, BATCH, ROUNDS = 96, 4, 2
 PROMPT_TOKENS, GEN_TOKENS, GEN_RUNS = 600, 64, 7
 CONCURRENCY = (1, 8, 16, 32)
 TURNS = {1: 8, 8: 3, 16: 2, 32: 2}  # turns per worker
@@ -53,8 +53,16 @@ def service_training(client, data_path: Path) -> dict:
                 if "tokens_per_second" in (e.data or {})).data
 
 
-def plain_training(model_dir: Path, examples: list[dict]) -> float:
-    """The same model, data, batch and optimizer in a hand-written loop; steady-state tokens/s."""
+PLAIN_LOOPS = {  # name -> (bf16 autocast, torch.compile)
+    "fp32 eager": (False, False), "fp32 compile": (False, True),
+    "bf16 autocast eager": (True, False), "bf16 autocast + compile": (True, True)}
+
+
+def plain_training(model_dir: Path, examples: list[dict], bf16: bool, compiled: bool) -> tuple[float, float]:
+    """The same model, data, batch and optimizer in a hand-written loop (examples in file order,
+    padded with a mask, logits everywhere: the textbook loop); (steady tokens/s, first step s)."""
+    import contextlib
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,21 +72,24 @@ def plain_training(model_dir: Path, examples: list[dict]) -> float:
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
     rows = [encode_example(tokenizer, chat_template("training"), example, 2048) for example in examples]
     optimizer = torch.optim.AdamW(model.parameters(), lr=TRAINING_DEFAULTS["tiny"]["learning_rate"])
+    forward = torch.compile(model, dynamic=True) if compiled else model
     model.train()
     marks = []  # (time, tokens) after each step
-    tokens = 0
+    tokens, started = 0, time.perf_counter()
     for start in range(0, len(rows), BATCH):
         batch = rows[start:start + BATCH]
         width = max(len(row["input_ids"]) for row in batch)
         ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in batch])
         labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
         mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = forward(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         tokens += int(mask.sum())
         marks.append((time.perf_counter(), tokens))
-    return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+    return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0]), marks[0][0] - started
 
 
 def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float, float, int]:
@@ -137,15 +148,26 @@ def main() -> None:
     server = Server(work / "data", serve_tiny_size=SIZE).start()
     try:
         client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600)
-        service, plain = [], []
-        for _ in range(ROUNDS):  # alternated, so both see the same machine load
+        from synth_qwen.train_worker import bf16_is_fast, fast_path
+
+        bf16, compiled = fast_path("cpu", "auto", "auto")
+        print(f"this CPU computes bf16 natively: {bf16_is_fast('cpu')}; the service's fast path here: "
+              f"{'bf16 autocast' if bf16 else 'fp32'}{' + compile' if compiled else ''}", flush=True)
+        service, plain = [], {name: [] for name in PLAIN_LOOPS}
+        for _ in range(ROUNDS):  # alternated, so all see the same machine load
             service.append(service_training(client, data_path))
-            plain.append(plain_training(tiny_model.ensure(work / "data", SIZE), examples))
+            for name, (use_bf16, use_compile) in PLAIN_LOOPS.items():
+                plain[name].append(plain_training(tiny_model.ensure(work / "data", SIZE), examples, use_bf16, use_compile))
         steady = statistics.median(result["steady_tokens_per_second"] for result in service)
         whole = statistics.median(result["tokens_per_second"] for result in service)
-        print(f"training tokens/s (steady state, medians of {ROUNDS}, {EXAMPLES} examples, batch {BATCH})\n"
-              f"  service job {steady:6.0f}   plain PyTorch loop {statistics.median(plain):6.0f}   "
-              f"ratio {steady / statistics.median(plain):.2f} (target >= 0.6)\n"
+        plain_rates = {name: statistics.median(rate for rate, _ in runs) for name, runs in plain.items()}
+        fastest = max(plain_rates, key=plain_rates.get)
+        print(f"training tokens/s (steady state, medians of {ROUNDS}, {EXAMPLES} examples, batch {BATCH})")
+        for name, rate in plain_rates.items():
+            first = statistics.median(first for _, first in plain[name])
+            print(f"  plain loop, {name:24s} {rate:6.0f}   first step {first:5.1f} s")
+        print(f"  service job                          {steady:6.0f}   ratio to the fastest plain loop ({fastest}) "
+              f"{steady / plain_rates[fastest]:.2f} (target >= 0.8)\n"
               f"  service job over its whole train() call (first step and epoch checkpoint included): {whole:.0f}",
               flush=True)
 

@@ -147,21 +147,25 @@ class Batch:
 
     Each prompt is prefilled alone (no padding; only the last position's logits), reusing the
     key/values of the longest prefix it shares with the previous prompt: Crafter turns share
-    ~85% of their tokens (system prompt + tools). Its cache then joins the batch's left-padded
-    cache, also between steps, so a request never waits for a running batch to finish. A row
-    leaves the batch the step it stops, so nobody pays for a longer neighbour.
+    most of their tokens (system prompt + tools). Its key/values then go into a free slot of the
+    batch's cache (kv_slots), also between steps, so a request never waits for a running batch to
+    finish and nobody else's cache is copied. A row leaves the batch the step it stops, so nobody
+    pays for a longer neighbour.
     """
 
     def __init__(self, model, tokenizer, stop_ids: list[int], prefix: dict | None = None, device: str = "cpu"):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_set = set(stop_ids)
         self.prefix = prefix if prefix is not None else {}  # {"ids", "kv"}: the last prompt prefilled
-        self.rows, self.cache, self.mask, self.positions, self.logits = [], None, None, None, None
-        self.joining = []  # (key/values, mask, next position, logits) of rows prefilled since the last step
+        self.rows: dict[int, dict] = {}  # slot -> the request decoding there
+        self.slots = None  # kv_slots.Slots, made with the first row
+        self.pad_id = tokenizer.pad_token_id or 0
 
     def add(self, request: ChatRequest) -> None:
         import torch
         from transformers import DynamicCache
+
+        from synth_qwen import kv_slots
 
         ids = prompt_ids(self.tokenizer, request)
         shared = min(common_prefix(ids, self.prefix.get("ids", [])), len(ids) - 1)  # >= 1 token to run
@@ -170,68 +174,51 @@ class Batch:
             out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.device), cache=cache,
                              position_ids=torch.arange(shared, len(ids), device=self.device)[None],
                              use_cache=True, logits_to_keep=1)
-        self.prefix.update(ids=ids, kv=[(k, v) for k, v, _ in out.cache])  # the cache grows by copy: these stay
+        layers = [(k, v) for k, v, _ in out.cache]
+        self.prefix.update(ids=ids, kv=layers)
+        self.slots = self.slots or kv_slots.Slots(layers)
+        slot = next(index for index in range(len(self.rows) + 1) if index not in self.rows)
+        self.slots.place(slot, layers)
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         temperature, top_p = request.temperature, request.top_p
-        self.rows.append({"request": request, "prompt_tokens": len(ids), "tokens": [], "stopped": False,
-                          "limit": request.max_tokens or DEFAULT_MAX_TOKENS,
-                          "temperature": float(1.0 if temperature is None else temperature),
-                          "top_p": float(1.0 if top_p is None else top_p),
-                          "generator": torch.Generator().manual_seed(seed)})
-        self.joining.append(([(k, v) for k, v, _ in out.cache], torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-                             torch.tensor([[len(ids)]], device=self.device), out.logits[:, -1].float()))
-
-    def join(self) -> None:
-        """Rows added since the last step join the batch: one copy of the cache for all of them."""
-        import torch
-        from transformers import DynamicCache
-
-        if not self.joining:
-            return
-        parts = [([(k, v) for k, v, _ in self.cache], self.mask, self.positions, self.logits)] if self.cache is not None else []
-        parts, self.joining = parts + self.joining, []
-        width = max(mask.shape[1] for _, mask, _, _ in parts)
-
-        def pad(tensor, dim: int):  # left-pad dim -1 (masks) or -2 (key/values) to `width`; masked out
-            return torch.nn.functional.pad(tensor, (0, 0) * dim + (width - tensor.shape[-dim - 1], 0))
-
-        self.cache = DynamicCache([tuple(torch.cat([pad(kv[layer][i], 1) for kv, *_ in parts]) for i in (0, 1))
-                                   for layer in range(len(parts[0][0]))])
-        self.mask = torch.cat([pad(mask, 0) for _, mask, _, _ in parts])
-        self.positions = torch.cat([position for _, _, position, _ in parts])
-        self.logits = torch.cat([logits for *_, logits in parts])
+        self.rows[slot] = {"request": request, "prompt_tokens": len(ids), "tokens": [], "stopped": False,
+                           "limit": request.max_tokens or DEFAULT_MAX_TOKENS, "position": len(ids),
+                           "temperature": float(1.0 if temperature is None else temperature),
+                           "top_p": float(1.0 if top_p is None else top_p),
+                           "generator": torch.Generator().manual_seed(seed), "logits": out.logits[0, -1].float().cpu()}
 
     def step(self) -> list[ChatAnswer]:
         """Pick each row's next token; returns the answers of rows that finished, then runs the rest."""
         import torch
 
-        self.join()
-        logits, next_tokens, keep, done = self.logits.cpu(), [], [], []
-        for index, row in enumerate(self.rows):
-            token = pick_token(logits[index], row["temperature"], row["top_p"], row["generator"])
+        done, next_tokens = [], {}
+        for slot, row in list(self.rows.items()):
+            token = pick_token(row["logits"], row["temperature"], row["top_p"], row["generator"])
             if token in self.stop_set:
                 row["stopped"] = True
             else:
                 row["tokens"].append(token)
             if row["stopped"] or len(row["tokens"]) >= row["limit"]:
                 done.append(self.answer(row))
+                del self.rows[slot]
+                self.slots.free(slot)
             else:
-                keep.append(index)
-                next_tokens.append(token)
-        if not keep:
-            self.rows, self.cache = [], None
+                next_tokens[slot] = token
+        if not self.rows:
             return done
-        if len(keep) < len(self.rows):  # finished rows leave the input and the cache
-            self.rows = [self.rows[index] for index in keep]
-            index = torch.tensor(keep, device=self.device)
-            self.cache.batch_select_indices(index)
-            self.mask, self.positions = self.mask[index], self.positions[index]
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        cache = self.slots.step_cache()
+        slots = range(self.slots.mask.shape[0])  # free slots decode a pad token too: cheaper than moving rows
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor(next_tokens, device=self.device)[:, None], attention_mask=self.mask,
-                             position_ids=self.positions, cache=self.cache, use_cache=True)
-        self.positions = self.positions + 1
-        self.logits = out.logits[:, -1].float()
+            out = self.model(
+                input_ids=torch.tensor([[next_tokens.get(slot, self.pad_id)] for slot in slots], device=self.device),
+                position_ids=torch.tensor([[self.rows[slot]["position"] if slot in self.rows else 0] for slot in slots],
+                                          device=self.device),
+                attention_mask=self.slots.step_mask(), cache=cache, use_cache=True)
+        self.slots.advance()
+        logits = out.logits[:, -1].float().cpu()
+        for slot, row in self.rows.items():
+            row["position"] += 1
+            row["logits"] = logits[slot]
         return done
 
     def answer(self, row: dict) -> ChatAnswer:
@@ -242,7 +229,6 @@ class Batch:
         return ChatAnswer(id=row["request"].id, message=message, finish_reason=finish_reason,
                           usage=Usage(prompt_tokens=prompt, completion_tokens=completion,
                                       total_tokens=prompt + completion))
-
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
@@ -306,8 +292,8 @@ def serve_requests(inbox: queue.Queue, models: "Models", max_batch: int, device:
             for answer in batch.step() if batch.rows else []:
                 send(answer)
         except Exception as error:
-            fail([row["request"] for row in batch.rows], error, send)
-            batch.rows = []
+            fail([row["request"] for row in batch.rows.values()], error, send)
+            batch.rows = {}
         if not batch.rows:
             batch = None
 

@@ -20,6 +20,7 @@ from synth_qwen.action_schema import (INTERACT_TOOL_NAME, interact_call, parse_i
 from synth_qwen.crafter_env import ACTIONS
 from synth_qwen.observation import Observation
 from synth_qwen.settings import RolloutSettings
+from synth_qwen.tracing import sampling_seed
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 PREFLIGHT_TIMEOUT_S = 5.0
@@ -78,7 +79,7 @@ class BuiltinAgent:
         self.tool_mode = tool_mode
         self.session_id = session_id
 
-    async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
+    async def act(self, messages: list[dict], observation: Observation, turn: int, episode_seed: int = 0) -> Reply:
         await asyncio.sleep(0)  # a turn is a chance for the other episodes and the lease heartbeat to run
         start = time.perf_counter()
         actions, reasoning = self.decide(observation)
@@ -96,9 +97,22 @@ def random_decider(seed: int, max_actions: int):
     return decide
 
 
-def expert_decider(seed: int, max_actions: int):
+def expert_decider(seed: int, max_actions: int, noise: float = 0.0):
+    """The teacher; with `noise` (DART) each of its actions is swapped for a random one with that
+    probability, and its memory follows what was executed (the trace then shows the noisy actions)."""
     from synth_qwen.expert import ExpertAgent
-    return ExpertAgent(max_actions=max_actions, seed=seed).act
+    teacher = ExpertAgent(max_actions=max_actions, seed=seed)
+    if not noise:
+        return teacher.act
+    rng = random.Random(f"dart:{seed}")
+
+    def decide(observation: Observation):
+        actions, reasoning = teacher.act(observation)
+        executed = [rng.choice(ACTIONS) if rng.random() < noise else action for action in actions]
+        if executed != actions:
+            teacher.executed(executed)
+        return executed, reasoning
+    return decide
 
 
 BUILTIN_DECIDERS = {"builtin:expert": expert_decider, "builtin:random": random_decider}
@@ -126,8 +140,15 @@ class EndpointPolicy:
             params["chat_template_kwargs"] = {"enable_thinking": s.crafter_think}
         return params
 
-    async def act(self, messages: list[dict], observation: Observation, turn: int) -> Reply:
+    def seed_base(self) -> int | None:
+        """CRAFTER_SAMPLING_SEED when calls sample (each then sends tracing.sampling_seed), else None."""
+        s = self.settings
+        return None if s.crafter_sampling_seed == "off" or s.crafter_temperature == 0 else s.crafter_sampling_seed
+
+    async def act(self, messages: list[dict], observation: Observation, turn: int, episode_seed: int = 0) -> Reply:
         body = dict(self.request_params(), messages=messages)
+        if self.seed_base() is not None:
+            body["seed"] = sampling_seed(self.seed_base(), episode_seed, turn)
         if self.tools:
             body["tools"] = self.tools
         start = time.perf_counter()

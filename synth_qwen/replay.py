@@ -12,7 +12,6 @@ writes an MP4 when imageio can (pip install imageio-ffmpeg).
 """
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw, ImageFont
 
 from synth_qwen import preflight, tracing
+from synth_qwen.atomic_file import atomic_path
 from synth_qwen.tracing import Session, Step
 from synth_qwen.crafter_env import ACHIEVEMENTS, CrafterEnv, StepResult
 from synth_qwen.settings import ReplaySettings, exit_usage, load
@@ -125,9 +125,7 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = FPS) -> None:
     """GIF (looping) by default; MP4 when the path says so and an imageio video plugin exists."""
     import imageio.v3 as iio  # a dependency of crafter itself
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")  # never half a video at `path`
-    try:
+    with atomic_path(path, suffix=path.suffix) as temp:  # never half a video at `path`; imageio reads the suffix
         if path.suffix.lower() == ".mp4":
             try:
                 iio.imwrite(temp, np.stack(frames), fps=fps, macro_block_size=1)
@@ -136,9 +134,6 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = FPS) -> None:
                                    "pip install imageio-ffmpeg, or use --out x.gif") from None
         else:
             iio.imwrite(temp, np.stack(frames), extension=".gif", duration=1000 / fps, loop=0)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def replay_to_file(engine: sa.Engine, session_id: str, path: Path, size: int = FRAME_SIZE) -> str | None:

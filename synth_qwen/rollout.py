@@ -100,7 +100,7 @@ class Episode:
             self.add_message(turn, "user", text)
             history = self.history[-self.s.crafter_history:] if self.s.crafter_history else []
             request = tracing.request_messages(self.system, self.by_turn, turn, history)
-            reply: Reply = await self.agent.act(request, observation, turn)
+            reply: Reply = await self.agent.act(request, observation, turn, self.seed)
             self.on_turn()
             event = LMEvent(turn=turn, event_type="lm_call", model=self.s.crafter_model,
                             prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
@@ -215,7 +215,8 @@ class Runner:
     def agent_for(self, seed: int, session_id: str):
         if self.endpoint:
             return self.endpoint
-        decide = BUILTIN_DECIDERS[self.s.crafter_model](seed, self.s.crafter_actions_per_turn)
+        options = {"noise": self.s.crafter_expert_noise} if self.s.crafter_model == "builtin:expert" else {}
+        decide = BUILTIN_DECIDERS[self.s.crafter_model](seed, self.s.crafter_actions_per_turn, **options)
         return BuiltinAgent(decide, self.tool_mode, session_id)
 
     def plan(self) -> Plan:
@@ -238,7 +239,8 @@ class Runner:
             "owner": self.owner,
             "metadata": {"episode_index": seed - self.first_seed, "max_turns": self.s.crafter_max_steps,
                          "actions_per_turn": self.s.crafter_actions_per_turn, "history": self.s.crafter_history,
-                         "tool_mode": self.tool_mode}}
+                         "tool_mode": self.tool_mode,
+                         "sampling_seed": self.endpoint.seed_base() if self.endpoint else None}}
 
     async def claim(self, fresh: deque[int]) -> dict | None:
         """The registered row of this process's next episode, or None when none is left: first the

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from synth_qwen import preflight, stats
+from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.settings import RoundsSettings, exit_usage, install_sigterm_as_interrupt, load, redact
 
 RANDOM = "builtin:random"
@@ -96,6 +97,8 @@ class Rounds:
         first, count = training_seeds(self.s, round_index)
         run_id = self.run_id(round_index, "play")
         extra = {} if model.startswith("builtin:") else {"CRAFTER_TEMPERATURE": self.s.rounds_student_temperature}
+        if round_index == 0 and self.s.rounds_teacher_noise:
+            extra["CRAFTER_EXPERT_NOISE"] = self.s.rounds_teacher_noise
         run_module("run_crafter", CRAFTER_MODEL=model, CRAFTER_SEED=first, CRAFTER_EPISODES=count,
                    CRAFTER_RUN_ID=run_id, CRAFTER_DB_URL=self.s.crafter_db_url, **extra)
         return run_id
@@ -105,8 +108,10 @@ class Rounds:
         relabelled by the teacher and/or the student's own episodes that earned enough reward."""
         common = dict(CRAFTER_DB_URL=self.s.crafter_db_url, FILTER_RUN_IDS=run_id, MODELS=model,
                       FILTER_VALIDATION_FRACTION=0)
-        kinds = ["teacher"] if round_index == 0 else {"relabel": ["relabel"], "rejection": ["rejection"],
-                                                      "both": ["relabel", "rejection"], "dpo": ["dpo"]}[self.s.rounds_data]
+        # Round 0: the teacher's episodes as played, or with DART noise, every state relabelled clean
+        kinds = (["relabel"] if self.s.rounds_teacher_noise else ["teacher"]) if round_index == 0 else \
+            {"relabel": ["relabel"], "rejection": ["rejection"], "both": ["relabel", "rejection"],
+             "dpo": ["dpo"]}[self.s.rounds_data]
         files = []
         for kind in kinds:
             path = self.dir / f"round{round_index}-{kind}.jsonl"
@@ -132,9 +137,7 @@ class Rounds:
         """Concatenate the round's training set, fine-tune, return (model id, examples, trained tokens)."""
         path = self.dir / f"round{round_index}-train.jsonl"
         lines = [line for file in files for line in file.read_text().splitlines() if line.strip()]
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("\n".join(lines) + "\n")
-        temporary.replace(path)
+        write_text_atomic(path, "\n".join(lines) + "\n")
         dpo = self.dpo_round(round_index)
         base = previous if ((self.s.rounds_init == "previous" or dpo) and previous) else self.s.qwen_base_model
         state = self.dir / f"round{round_index}.sft_state.json"

@@ -421,8 +421,8 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
         job_id=job.id, model=job.model, base=base, training_file=str(store.file_data_path(job.training_file)),
         validation_file=str(store.file_data_path(job.validation_file)) if job.validation_file else None,
         hyperparameters=job.hyperparameters, method=job.method_type, beta=job.beta, seed=job.seed,
-        device=settings.serve_device,
-        max_seq_len=settings.serve_max_seq_len, lora_rank=settings.serve_lora_rank, output_dir=str(job_dir / "output"))
+        device=settings.serve_device, max_seq_len=settings.serve_max_seq_len, lora_rank=settings.serve_lora_rank,
+        output_dir=str(job_dir / "output"), precision=settings.serve_train_precision, compile=settings.serve_train_compile)
     (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
     (job_dir / "cancel").unlink(missing_ok=True)
     job.status = "running"
@@ -488,7 +488,7 @@ def register_model(store: Store, name: str, job_id: str, path: str, adapter: boo
 
 def add_checkpoint(store: Store, job: FineTuningJob, name: str, checkpoint: WorkerCheckpoint, base: ModelSpec) -> None:
     checkpoint_name = f"{name}:ckpt-step-{checkpoint.step}"
-    metrics = checkpoint.metrics.model_dump(include={"step", "train_loss", "train_mean_token_accuracy"},
+    metrics = checkpoint.metrics.model_dump(include={"step", "train_loss", "train_mean_token_accuracy", "valid_loss"},
                                             exclude_none=True) if checkpoint.metrics else {}
     store.add_checkpoint(job.id, {
         "id": new_id("ftckpt"), "object": "fine_tuning.job.checkpoint", "created_at": now(),

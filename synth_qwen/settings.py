@@ -287,6 +287,12 @@ class RolloutSettings(Settings):
     crafter_concurrency: int = Field(8, ge=1, le=1024)
     crafter_history: int = Field(2, ge=0, le=64)  # earlier turns included in each prompt
     crafter_temperature: float = Field(0.7, ge=0.0, le=2.0)
+    # Each sampled call sends seed = hash(this, episode seed, turn): a sampled run repeats exactly,
+    # and two models on the same episode seeds draw the same random numbers. off: no seed sent.
+    crafter_sampling_seed: Annotated[int, Field(ge=0, lt=2**31 - 1)] | Literal["off"] = 0
+    # DART (noise-injected teacher data): builtin:expert executes a random action instead of each of
+    # its own with this probability; relabel its episodes (FILTER_RELABEL) to train on its clean choices.
+    crafter_expert_noise: float = Field(0.0, ge=0.0, le=1.0)
     crafter_max_tokens: int = Field(512, ge=1, le=131_072)
     crafter_tool_mode: Literal["tools", "text"] = "tools"
     crafter_tool_choice: Literal["auto", "required", "none"] = "auto"
@@ -423,6 +429,8 @@ class RoundsSettings(Settings):
     rounds_dir: Path = Path("runs/rounds")  # training files, state files, reports, the round table
     rounds_teacher: str = "builtin:expert"  # plays round 0 and relabels later rounds
     rounds_teacher_episodes: int = Field(40, ge=1, le=100_000)  # round 0's training episodes
+    # DART: round 0's teacher plays with this CRAFTER_EXPERT_NOISE and its turns are relabelled
+    rounds_teacher_noise: float = Field(0.0, ge=0.0, le=1.0)
     rounds_student_episodes: int = Field(20, ge=1, le=100_000)  # training episodes the student plays per later round
     rounds_student_temperature: float = Field(1.0, ge=0.0, le=2.0)  # sampling while the student plays
     rounds_data: Literal["relabel", "rejection", "both", "dpo"] = "relabel"  # later rounds' data (DAgger / own best / pairs)
@@ -481,6 +489,8 @@ class ServeSettings(Settings):
     serve_max_seq_len: int = Field(2048, ge=64)  # longer training examples are truncated
     serve_max_batch: int = Field(32, ge=1)  # concurrent chat requests decoded together
     serve_lora_rank: int = Field(16, ge=1)
+    serve_train_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has bf16
+    serve_train_compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on top of bf16 only
     serve_max_loaded_models: int = Field(2, ge=1)  # models kept in the inference worker
 
 

@@ -16,6 +16,7 @@ process was killed) or was released (interrupted) is taken over with `FOR UPDATE
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -562,6 +563,12 @@ def session_steps(conn, session_id: str) -> list[Step]:
     return [Step.from_row(row._mapping) for row in rows]
 
 
+def sampling_seed(base: int, episode_seed: int, turn: int) -> int:
+    """The `seed` a sampled LM call sends (CRAFTER_SAMPLING_SEED=base): fixed by the episode and turn."""
+    digest = hashlib.sha256(f"{base}:{episode_seed}:{turn}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 def rebuild_requests(engine: sa.Engine, session_id: str) -> Iterator[tuple[int, dict]]:
     """(turn, request body) for every LM call of the session, rebuilt from the DB alone."""
     with engine.connect() as conn:
@@ -573,5 +580,7 @@ def rebuild_requests(engine: sa.Engine, session_id: str) -> Iterator[tuple[int, 
             body["messages"] = request_messages(session.system_prompt, by_turn, event.turn, event.history_turns or [])
             if session.tools:
                 body["tools"] = session.tools
+            if session.metadata.get("sampling_seed") is not None:
+                body["seed"] = sampling_seed(session.metadata["sampling_seed"], session.seed, event.turn)
             yield event.turn, body
 

@@ -11,22 +11,22 @@ that is its starting weights; for a LoRA job the base with the new adapter at ze
 it gives), or, starting from an `ft:` adapter, that fine-tuned model.
 
 A plain PyTorch loop: shuffle, pad, one forward per batch for both answers, AdamW, linear warmup
-and decay, metrics events, a checkpoint per epoch. Imports torch only inside functions.
+and decay, metrics events, a checkpoint per epoch; the schedule, the cancel/serve-alive checks and
+checkpoints are train_worker's. Imports torch only inside functions.
 """
 from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from synth_qwen import qwen_format, sft_format
-from synth_qwen.train_worker import (DIVERGED_HINT, LOGS_PER_RUN, LORA_ALPHA_PER_RANK, TRAINING_DEFAULTS, Diverged,
-                                     NothingToTrain, Reporter, StepMetrics, TrainingSpec, WorkerCheckpoint,
-                                     WorkerMetrics, WorkerResult, linear_layer_names, load_base, nonfinite_weights,
-                                     read_jsonl, resolve_device)
+from synth_qwen.train_worker import (DIVERGED_HINT, LOGS_PER_RUN, LORA_ALPHA_PER_RANK, TRAINING_DEFAULTS, Checks,
+                                     Diverged, NothingToTrain, Reporter, StepMetrics, TrainingSpec, WorkerMetrics,
+                                     WorkerResult, learning_rate_at, linear_layer_names, load_base, read_jsonl,
+                                     resolve_device, save_checkpoint)
 
 DEFAULT_BETA = 0.1  # beta="auto" (OpenAI's and TRL's default)
 # Learning rates per base-model kind (x learning_rate_multiplier): a tenth of SFT's, since DPO
@@ -162,16 +162,6 @@ def with_new_adapter(model, spec: TrainingSpec):
     return get_peft_model(model, config)
 
 
-def learning_rate_schedule(total_steps: int, warmup_fraction: float):
-    warmup = max(1, math.ceil(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:  # linear warmup, then linear decay to 0 (transformers' "linear")
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-    return factor
-
-
 def load_pairs(spec: TrainingSpec, path: str, tokenizer, template: str, reporter: Reporter, label: str):
     pairs = encode_pairs(tokenizer, template, read_jsonl(path), spec.max_seq_len)
     kept = [pair for pair in pairs if pair.trainable]
@@ -212,9 +202,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     steps_per_epoch = -(-len(pairs) // hyper.batch_size)
     total_steps = steps_per_epoch * hyper.n_epochs
     parameters = [weights for weights in model.parameters() if weights.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATES[kind] * hyper.learning_rate_multiplier,
-                                  weight_decay=defaults["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(total_steps, defaults["warmup_steps"]))
+    peak = LEARNING_RATES[kind] * hyper.learning_rate_multiplier
+    warmup = max(1, math.ceil(total_steps * defaults["warmup_steps"]))
+    optimizer = torch.optim.AdamW(parameters, lr=peak, weight_decay=defaults["weight_decay"])
     reporter.event(f"Training (DPO, beta {beta:g}): {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch "
                    f"{hyper.batch_size} pairs, {'LoRA r=' + str(spec.lora_rank) if lora else 'full fine-tune'}, "
                    f"device {device}; reference: the starting model")
@@ -223,7 +213,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     with open(metrics_path, "w", newline="") as handle:
         csv.writer(handle).writerow(StepMetrics.model_fields)
     log_every = max(1, total_steps // LOGS_PER_RUN)
-    cancel_flag, parent = job_dir / "cancel", os.getppid()
+    checks = Checks(job_dir)
     generator = torch.Generator().manual_seed(spec.seed)
     started = time.time()
     first_step = last_step = None  # (time, tokens) after the first and the latest step
@@ -239,8 +229,10 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM))
+            learning_rate = learning_rate_at(step, total_steps, warmup, peak)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
             optimizer.step()
-            scheduler.step()
             step += 1
             tokens_seen += sum(pair.tokens for pair in batch)
             last_step = (time.perf_counter(), tokens_seen)
@@ -252,21 +244,12 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
                 raise Diverged(f"the training {problem} became {window[-1][0] if problem == 'loss' else grad_norm} "
                                f"at step {step}; {DIVERGED_HINT}")
             if step % log_every == 0 or step == total_steps:
-                last_metrics = log_window(window, step, step / steps_per_epoch, scheduler.get_last_lr()[0], started,
+                last_metrics = log_window(window, step, step / steps_per_epoch, learning_rate, started,
                                           total_steps, metrics_path, reporter)
                 window = []
-            if os.getppid() != parent:  # serve died (SIGKILL): no one will read our results
-                os._exit(3)
-            if cancel_flag.exists():  # serve has marked the job cancelled: stop, publish nothing
+            if checks.cancelled():  # serve has marked the job cancelled: stop, publish nothing
                 return
-        broken = nonfinite_weights(model)
-        if broken:  # never published as a checkpoint model
-            raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {step} "
-                           f"(first: {broken[0]}); {DIVERGED_HINT}")
-        folder = job_dir / "checkpoints" / f"step-{step}"
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        reporter.send(WorkerCheckpoint(step=step, path=str(folder), metrics=last_metrics))
+        save_checkpoint(model, tokenizer, job_dir, step, last_metrics, reporter)
         if held_out:
             with autocast:
                 loss, accuracy = evaluate(model, held_out, held_out_reference, beta, hyper.batch_size, pad_id, device)

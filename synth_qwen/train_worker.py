@@ -1,12 +1,14 @@
 """Training subprocess of `serve`: `python -m synth_qwen.train_worker JOB_DIR`.
 
-Reads JOB_DIR/spec.json (a `TrainingSpec`, written by serve), trains with TRL's SFTTrainer and
+Reads JOB_DIR/spec.json (a `TrainingSpec`, written by serve), trains in a plain PyTorch loop and
 reports progress as JSON lines on stdout (a `WorkerMessage` each: event, metrics, checkpoint, result
 or error); anything else the libraries print goes to stderr (serve keeps it in JOB_DIR/worker.log).
 
 Loss falls only on assistant turns with weight 1: examples are pre-tokenized here into
 `input_ids` + `labels` (-100 over system/user/tool text and over weight-0 assistant turns, see
-`qwen_format.encode_example`), because TRL has no per-message weight. The tiny model is fully
+`qwen_format.encode_example`), because chat fine-tuning has per-message weights. Speed comes from three things, each measured in
+bench/bench_serve.py: length-grouped batches (little padding), the output head run only on labelled
+positions, and bf16 autocast (+ torch.compile) where the device computes bf16 natively. The tiny model is fully
 fine-tuned; real Hugging Face models (and `local/qwen3-shaped`) get a LoRA adapter on all linear
 projections.
 This module imports torch only inside main(): serve reads its tables without it.
@@ -36,6 +38,8 @@ TRAINING_DEFAULTS = {
 }
 LORA_ALPHA_PER_RANK = 2
 LOGS_PER_RUN = 50  # metrics events per job, whatever its length
+GROUP_WINDOW = 32  # length-grouped batching sorts this many batches' rows at a time
+MAX_GRAD_NORM = 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -56,6 +60,8 @@ class TrainingSpec(BaseModel):
     max_seq_len: int
     lora_rank: int
     output_dir: str
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # SERVE_TRAIN_PRECISION
+    compile: Literal["auto", "on", "off"] = "auto"  # SERVE_TRAIN_COMPILE
 
 
 class StepMetrics(BaseModel):
@@ -67,6 +73,7 @@ class StepMetrics(BaseModel):
     train_mean_token_accuracy: float | None = None
     learning_rate: float | None = None
     elapsed_s: float
+    valid_loss: float | None = None  # at the end of each epoch, when the job has a validation file
     reward_accuracy: float | None = None  # dpo: share of pairs whose preferred answer earns more reward
     reward_margin: float | None = None  # dpo: mean reward(preferred) - reward(non-preferred)
 
@@ -229,128 +236,244 @@ def linear_layer_names(model) -> list[str]:
                    if isinstance(module, torch.nn.Linear) and module is not head})
 
 
-def make_callback(reporter: Reporter, tokenizer, job_dir: Path):
-    from transformers import TrainerCallback
+# ---------------------------------------------------------------------------------------
+# Speed: precision, compilation, batches
 
-    cancel_flag = job_dir / "cancel"
-    parent = os.getppid()
-    metrics_path = job_dir / "metrics.csv"
-    started = time.time()
-    with open(metrics_path, "w", newline="") as handle:
-        csv.writer(handle).writerow(StepMetrics.model_fields)
+def bf16_is_fast(device: str) -> bool:
+    """Does this device compute in bf16 natively? CUDA: torch says; CPU: the avx512_bf16 or AMX
+    instructions (without them oneDNN emulates bf16 and training runs ~3x slower than fp32,
+    measured on an AVX-512 Xeon without avx512_bf16)."""
+    import torch
 
-    class Progress(TrainerCallback):
-        last_metrics: StepMetrics | None = None
-        first_step = last_step = None  # (time, tokens seen) after the first and the latest step
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
-                return
-            row = StepMetrics(step=state.global_step, epoch=round(state.epoch or 0, 3), train_loss=logs["loss"],
-                              train_mean_token_accuracy=logs.get("mean_token_accuracy"),
-                              learning_rate=logs.get("learning_rate"), elapsed_s=round(time.time() - started, 2))
-            self.last_metrics = row
-            with open(metrics_path, "a", newline="") as handle:
-                csv.writer(handle).writerow(row.model_dump().values())
-            reporter.send(WorkerMetrics(data=row, total_steps=state.max_steps))
-            problem = divergence(logs)
-            if problem:  # stops the trainer; main() reports it as the job's error
-                raise Diverged(f"{problem} at step {state.global_step}; {DIVERGED_HINT}")
 
-        def on_step_end(self, args, state, control, **kwargs):
-            self.last_step = (time.perf_counter(), state.num_input_tokens_seen)
-            self.first_step = self.first_step or self.last_step
-            if os.getppid() != parent:  # serve died (SIGKILL): no one will read our results
-                os._exit(3)
-            if cancel_flag.exists():  # serve asks politely first, then terminates
-                control.should_training_stop = True
+def fast_path(device: str, precision: str, compile_setting: str) -> tuple[bool, bool]:
+    """(bf16 autocast, torch.compile) for this job: SERVE_TRAIN_PRECISION / SERVE_TRAIN_COMPILE,
+    "auto" meaning bf16 where the device has it and compile only on top of it (compile alone paid
+    too little for its warm-up on CPU; see README "Benchmarks")."""
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+    compiled = compile_setting == "on" or (compile_setting == "auto" and bf16)
+    return bf16, compiled
 
-        def on_epoch_end(self, args, state, control, model=None, **kwargs):
-            if cancel_flag.exists():
-                return
-            broken = nonfinite_weights(model)
-            if broken:  # never published as a checkpoint model
-                raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {state.global_step} "
-                               f"(first: {broken[0]}); {DIVERGED_HINT}")
-            folder = job_dir / "checkpoints" / f"step-{state.global_step}"
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            reporter.send(WorkerCheckpoint(step=state.global_step, path=str(folder), metrics=self.last_metrics))
 
-        def steady_tokens_per_second(self) -> float | None:
-            """Tokens/s after the first step (which pays one-time warm-up), up to the last one."""
-            if not self.first_step or self.last_step[0] <= self.first_step[0]:
-                return None
-            return (self.last_step[1] - self.first_step[1]) / (self.last_step[0] - self.first_step[0])
+def length_grouped_batches(lengths: list[int], batch_size: int, rng) -> list[list[int]]:
+    """One epoch's batches (lists of row indices): shuffled, then sorted by length within windows of
+    GROUP_WINDOW batches, so a batch's rows are of similar length and little compute goes to padding;
+    the batches' order is shuffled again."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * GROUP_WINDOW
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda index: -lengths[index])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
-    return Progress()
+
+def collate(rows: list[dict], pad_id: int, device: str):
+    """input_ids and labels right-padded to the longest row (padding is labelled -100). Right padding
+    needs no attention mask: a causal model's real tokens never look at later positions."""
+    import torch
+
+    width = max(len(row["input_ids"]) for row in rows)
+    ids = torch.tensor([row["input_ids"] + [pad_id] * (width - len(row["input_ids"])) for row in rows], device=device)
+    labels = torch.tensor([row["labels"] + [-100] * (width - len(row["labels"])) for row in rows], device=device)
+    return ids, labels
+
+
+class LossOnLabels:
+    """The mean next-token loss over labelled positions, with the output head run only there:
+    assistant replies are a small part of each example, so most positions need no logits (the head
+    and its softmax over the vocabulary were ~30 % of the tiny model's step)."""
+
+    def __init__(self, model, compiled: bool):
+        import torch
+
+        self.backbone, self.head = model.get_decoder(), model.get_output_embeddings()
+        if compiled:  # dynamic: one graph for every batch width
+            self.backbone = torch.compile(self.backbone, dynamic=True)
+
+    def __call__(self, ids, labels):
+        """(loss, correct next tokens, labelled tokens)."""
+        import torch
+
+        hidden = self.backbone(input_ids=ids).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = self.head(hidden[keep]).float()
+        targets = targets[keep]
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        return loss, int((logits.argmax(-1) == targets).sum()), int(targets.numel())
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop
+
+def learning_rate_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to `peak`, then linear decay to 0 at `total` (the schedule TRL's default used)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+class Checks:
+    """What the loop checks between steps: the cancel flag serve writes, and serve still alive."""
+
+    def __init__(self, job_dir: Path):
+        self.cancel_flag, self.parent = job_dir / "cancel", os.getppid()
+
+    def cancelled(self) -> bool:
+        if os.getppid() != self.parent:  # serve died (SIGKILL): no one will read our results
+            os._exit(3)
+        return self.cancel_flag.exists()
+
+
+def mean_loss(loss_fn, rows: list[dict], batch_size: int, pad_id: int, device: str, autocast) -> float:
+    """The loss over `rows` (validation), weighted by labelled tokens."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad(), autocast():
+        for start in range(0, len(rows), batch_size):
+            loss, _, n = loss_fn(*collate(rows[start:start + batch_size], pad_id, device))
+            total, count = total + float(loss) * n, count + n
+    return total / max(count, 1)
 
 
 def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    import contextlib
+    import random
 
+    import torch
+
+    torch.manual_seed(spec.seed)  # LoRA's initial weights and dropout
     model, tokenizer, training_template = load_base(spec, reporter)
     defaults = TRAINING_DEFAULTS[spec.base.kind]
     hyper = spec.hyperparameters
-    examples = read_jsonl(spec.training_file)
-    rows = [qwen_format.encode_example(tokenizer, training_template, example, spec.max_seq_len) for example in examples]
+    rows = [qwen_format.encode_example(tokenizer, training_template, example, spec.max_seq_len)
+            for example in read_jsonl(spec.training_file)]
     truncated = sum(len(row["input_ids"]) == spec.max_seq_len for row in rows)
     tokens_per_epoch = sum(len(row["input_ids"]) for row in rows)
     reporter.event(f"Tokenized {len(rows)} examples ({tokens_per_epoch:,} tokens"
                    + (f", {truncated} truncated to {spec.max_seq_len}" if truncated else "") + ")",
                    level="warn" if truncated else "info")
-    if not any(label != -100 for row in rows for label in row["labels"]):  # the loss would read 0: nothing learned
+    if not any(label != -100 for row in rows for label in row["labels"][1:]):  # the loss would read 0: nothing learned
         raise NothingToTrain(f"no example keeps an assistant token to train on within {spec.max_seq_len} tokens "
-                       f"(SERVE_MAX_SEQ_LEN): every reply was truncated away")
+                             f"(SERVE_MAX_SEQ_LEN): every reply was truncated away")
     eval_rows = None
     if spec.validation_file:
         eval_rows = [qwen_format.encode_example(tokenizer, training_template, example, spec.max_seq_len)
                      for example in read_jsonl(spec.validation_file)]
 
     device = resolve_device(spec.device)
-    cpu = device == "cpu"
-    steps_per_epoch = -(-len(rows) // hyper.batch_size)
-    config = SFTConfig(
-        output_dir=str(job_dir / "trainer"), per_device_train_batch_size=hyper.batch_size,
-        per_device_eval_batch_size=hyper.batch_size, num_train_epochs=hyper.n_epochs,
-        learning_rate=defaults["learning_rate"] * hyper.learning_rate_multiplier,
-        warmup_steps=defaults["warmup_steps"], weight_decay=defaults["weight_decay"], seed=spec.seed,
-        logging_steps=max(1, steps_per_epoch * hyper.n_epochs // LOGS_PER_RUN), save_strategy="no",
-        eval_strategy="epoch" if eval_rows else "no", report_to="none", disable_tqdm=True,
-        use_cpu=cpu, bf16=not cpu and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=defaults["gradient_checkpointing"] and not cpu,
-        max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding")  # feeds the steady-state tokens/s
-    peft_config = None
-    if defaults["method"] == "lora" and not spec.base.init_adapter:
-        from peft import LoraConfig
+    lora = defaults["method"] == "lora"
+    if lora and not spec.base.init_adapter:
+        from peft import LoraConfig, get_peft_model
 
-        peft_config = LoraConfig(r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank,
-                                 target_modules=linear_layer_names(model), lora_dropout=0.05, task_type="CAUSAL_LM")
-    progress = make_callback(reporter, tokenizer, job_dir)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=[progress])
+        model = get_peft_model(model, LoraConfig(
+            r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank, target_modules=linear_layer_names(model),
+            lora_dropout=0.05, task_type="CAUSAL_LM"))
+    checkpointing = defaults["gradient_checkpointing"] and device != "cpu"
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model.to(device).train()
+    bf16, compiled = fast_path(device, spec.precision, spec.compile)
+    compiled = compiled and not checkpointing
+
+    def autocast():
+        return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    loss_fn = LossOnLabels(model, compiled)
+    params = [p for p in model.parameters() if p.requires_grad]
+    peak = defaults["learning_rate"] * hyper.learning_rate_multiplier
+    optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=defaults["weight_decay"],
+                                  fused=device in ("cpu", "cuda"))
+    rng = random.Random(spec.seed)
+    lengths = [len(row["input_ids"]) for row in rows]
+    steps_per_epoch = -(-len(rows) // hyper.batch_size)
+    total_steps = steps_per_epoch * hyper.n_epochs
+    warmup = math.ceil(defaults["warmup_steps"] * total_steps)
+    log_every = max(1, total_steps // LOGS_PER_RUN)
+    metrics_path = job_dir / "metrics.csv"
+    with open(metrics_path, "w", newline="") as handle:
+        csv.writer(handle).writerow(StepMetrics.model_fields)
     reporter.event(f"Training: {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch {hyper.batch_size}, "
-                   f"{'LoRA r=' + str(spec.lora_rank) if defaults['method'] == 'lora' else 'full fine-tune'}, device {device}")
+                   f"{'LoRA r=' + str(spec.lora_rank) if lora else 'full fine-tune'}, device {device}, "
+                   f"{'bf16 autocast' if bf16 else 'fp32'}{', compiled' if compiled else ''}")
+    checks = Checks(job_dir)
     started = time.perf_counter()
-    trainer.train()
+    step, seen, window, last_metrics, first_mark, last_mark = 0, 0, [], None, None, None
+    for epoch in range(hyper.n_epochs):
+        for indices in length_grouped_batches(lengths, hyper.batch_size, rng):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(step, total_steps, warmup, peak)
+            with autocast():
+                loss, correct, labelled = loss_fn(*collate([rows[i] for i in indices], tokenizer.pad_token_id, device))
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += sum(lengths[i] for i in indices)
+            last_mark = (time.perf_counter(), seen)
+            first_mark = first_mark or last_mark
+            window.append((float(loss), correct, labelled))
+            problem = divergence({"loss": window[-1][0], "grad_norm": grad_norm})
+            if problem:
+                raise Diverged(f"{problem} at step {step}; {DIVERGED_HINT}")
+            if step % log_every == 0 or step == total_steps:
+                last_metrics = StepMetrics(
+                    step=step, epoch=round(step / steps_per_epoch, 3),
+                    train_loss=round(sum(w[0] for w in window) / len(window), 6),
+                    train_mean_token_accuracy=round(sum(w[1] for w in window) / max(1, sum(w[2] for w in window)), 6),
+                    learning_rate=optimizer.param_groups[0]["lr"], elapsed_s=round(time.perf_counter() - started, 2))
+                window = []
+                with open(metrics_path, "a", newline="") as handle:
+                    csv.writer(handle).writerow(last_metrics.model_dump().values())
+                reporter.send(WorkerMetrics(data=last_metrics, total_steps=total_steps))
+            if checks.cancelled():
+                break
+        if checks.cancelled():
+            break
+        if eval_rows:
+            last_metrics = (last_metrics or StepMetrics(step=step, epoch=epoch + 1, train_loss=math.nan, elapsed_s=0)
+                            ).model_copy(update={"valid_loss": round(mean_loss(
+                                loss_fn, eval_rows, hyper.batch_size, tokenizer.pad_token_id, device, autocast), 6)})
+        save_checkpoint(model, tokenizer, job_dir, step, last_metrics, reporter)
     seconds = time.perf_counter() - started
-    broken = nonfinite_weights(trainer.model)
+    broken = nonfinite_weights(model)
     if broken:  # a NaN between two logged steps: the loss looked fine, the weights are not
         raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
-    epochs_run = trainer.state.epoch or 0
     output_dir = Path(spec.output_dir)
-    trainer.save_model(str(output_dir))
+    model.save_pretrained(str(output_dir))  # PEFT saves only the adapter
     tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
-    trained_tokens = int(tokens_per_epoch * epochs_run)
+    trained_tokens = seen
+    steady = (last_mark[1] - first_mark[1]) / (last_mark[0] - first_mark[0]) if last_mark[0] > first_mark[0] else 0
     reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
-                               metrics_csv=str(job_dir / "metrics.csv"), train_seconds=round(seconds, 2),
+                               metrics_csv=str(metrics_path), train_seconds=round(seconds, 2),
                                tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
-                               steady_tokens_per_second=round(progress.steady_tokens_per_second() or 0, 1),
-                               adapter=defaults["method"] == "lora"))
+                               steady_tokens_per_second=round(steady, 1), adapter=lora))
+
+
+def save_checkpoint(model, tokenizer, job_dir: Path, step: int, metrics: StepMetrics | None, reporter: Reporter) -> None:
+    """The model after an epoch, as a checkpoint serve publishes (never with non-finite weights)."""
+    broken = nonfinite_weights(model)
+    if broken:
+        raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {step} "
+                       f"(first: {broken[0]}); {DIVERGED_HINT}")
+    folder = job_dir / "checkpoints" / f"step-{step}"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reporter.send(WorkerCheckpoint(step=step, path=str(folder), metrics=metrics))
 
 
 def main() -> None:

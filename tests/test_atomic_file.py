@@ -1,7 +1,7 @@
 """atomic_file: readers of a target see the old file or the whole new one, never half of one."""
 import pytest
 
-from synth_qwen.atomic_file import AtomicFile, write_text_atomic
+from synth_qwen.atomic_file import AtomicFile, atomic_path, write_text_atomic
 
 
 def test_a_streamed_file_appears_only_on_commit(tmp_path):
@@ -35,3 +35,18 @@ def test_write_text_atomic_is_all_or_nothing(tmp_path):
         write_text_atomic(target, '{"job_id": "\ud800"}')  # a lone surrogate has no UTF-8: the write fails
     assert target.read_text() == '{"job_id": "ftjob-2"}'
     assert [path.name for path in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_writer_given_a_temp_name_replaces_the_target_only_when_it_finishes(tmp_path):
+    target = tmp_path / "replay.gif"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, suffix=".gif") as temp:
+            assert temp.parent == tmp_path and temp.name.startswith(".replay.gif.") and temp.suffix == ".gif"
+            temp.write_bytes(b"half")
+            raise RuntimeError("the encoder failed")
+    assert target.read_bytes() == b"old" and [path.name for path in tmp_path.iterdir()] == ["replay.gif"]
+    with atomic_path(target, suffix=".gif") as temp:
+        temp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # not until the block ends
+    assert target.read_bytes() == b"new" and [path.name for path in tmp_path.iterdir()] == ["replay.gif"]

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from synth_qwen import tracing
 from synth_qwen.action_schema import interact_tool, system_prompt
 from synth_qwen.crafter_env import ACTIONS, CrafterEnv
 from synth_qwen.observation import observe
@@ -117,7 +118,7 @@ def ask(base_url: str, tool_mode: str = "tools", **values) -> Reply:
 
     async def one_turn():
         try:
-            return await endpoint_policy.act(MESSAGES, None, 0)
+            return await endpoint_policy.act(MESSAGES, None, 2, episode_seed=7)
         finally:
             await endpoint_policy.close()
     return asyncio.run(one_turn())
@@ -130,7 +131,7 @@ def test_a_reply_carries_the_call_the_usage_and_the_endpoints_cost():
     [body] = endpoint.requests
     assert body == {"model": "test-model", "temperature": 0.3, "max_tokens": 64, "tool_choice": "required",
                     "chat_template_kwargs": {"enable_thinking": False}, "messages": MESSAGES,
-                    "tools": [interact_tool(5)]}
+                    "tools": [interact_tool(5)], "seed": tracing.sampling_seed(0, 7, 2)}
     assert endpoint.headers[0]["Authorization"] == "Bearer sk-test-key"
     actions, problem = actions_from_reply(reply, "tools", 5)
     assert problem is None and actions and reply.tool_calls[0]["id"].startswith("call_")

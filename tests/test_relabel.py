@@ -187,6 +187,34 @@ def test_reasoning_styles_reshape_only_the_trained_reply(teacher_db, tmp_path, c
             assert old_reasoning.startswith("subgoal: ") and reasoning == expected
 
 
+def test_dart_the_noisy_teacher_is_relabelled_with_its_clean_choices(tmp_path, capsys):
+    """CRAFTER_EXPERT_NOISE: the teacher's executed actions are partly random (recovery states a
+    clean teacher never visits); relabelling puts the teacher's own choice back on every such turn."""
+    def played(noise: float) -> dict:
+        env = rollout_env(tmp_path, crafter_model="builtin:expert", crafter_episodes=3, crafter_max_steps=20,
+                          crafter_run_id=f"dart-{noise}", crafter_expert_noise=noise, crafter_tool_mode="text",
+                          crafter_prompt="compact", crafter_history=0)
+        done = run_module("synth_qwen.run_crafter", env, tmp_path)
+        assert done.returncode == 0, done.stderr
+        engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+        with engine.connect() as conn:
+            found = {(s.seed, turn): [row.action for row in tracing.session_steps(conn, s.session_id) if row.turn == turn]
+                     for s in tracing.sessions(engine) if s.run_id == f"dart-{noise}" for turn in range(20)}
+        engine.dispose()
+        return found
+
+    clean, noisy = played(0.0), played(0.3)
+    assert clean == played(0.0)  # noise 0 is the teacher as before
+    assert noisy != clean and noisy == played(0.3)  # seeded: the same noise every time
+    code, _, lines, _ = run_filter(capsys, tmp_path / "traces.db", tmp_path / "dart.jsonl", *OPEN, *TEACHER,
+                                   "--run-ids", "dart-0.3")
+    assert code == 0
+    examples = [json.loads(line) for line in lines]
+    targets = {(e["metadata"]["seed"], e["metadata"]["turn"]): e["messages"][-1]["content"] for e in examples}
+    executed = {key: actions for key, actions in noisy.items() if key in targets}
+    relabelled = [key for key, text in targets.items() if "Actions: " + ", ".join(executed[key]) not in text]
+    assert len(targets) > 20 and relabelled  # the noisy turns train the teacher's choice, not what ran
+
 # ---------------------------------------------------------------------------------------
 # FILTER_FORMAT=dpo: the teacher's reply preferred over the student's, in the student's state
 

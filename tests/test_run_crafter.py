@@ -294,3 +294,30 @@ def test_builtin_random_is_traced_like_an_llm(tmp_path):
     call = assistant.tool_calls[0]
     assert call["type"] == "function" and call["function"]["name"] == "interact"
     assert json.loads(call["function"]["arguments"])["actions"]
+
+
+def test_a_sampled_run_repeats_exactly_and_the_seed_is_part_of_the_rebuilt_request(tmp_path, server):
+    """Sampled calls send seed = tracing.sampling_seed(CRAFTER_SAMPLING_SEED, episode seed, turn) and
+    serve honours it: two runs of the same seeds (different run ids) reply alike, turn by turn."""
+    def replies(run_id: str, **values) -> list:
+        done = run(tmp_path, crafter_model="local/tiny-qwen3", openai_base_url=server.url + "/v1",
+                   openai_api_key="x", crafter_run_id=run_id, crafter_temperature=1.0, crafter_max_steps=4,
+                   crafter_tool_mode="text", crafter_prompt="compact", crafter_history=0, crafter_max_tokens=12,
+                   crafter_request_timeout_s=60, crafter_max_invalid=100, **values)
+        assert done.returncode == 0, done.stderr
+        engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+        with engine.connect() as conn:
+            found = [(s.seed, turn, messages[1].content)
+                     for s in tracing.sessions(engine) if s.run_id == run_id
+                     for turn, messages in sorted(tracing.session_turn_messages(conn, s.session_id).items())]
+            bodies = [body for s in tracing.sessions(engine) if s.run_id == run_id
+                      for _, body in tracing.rebuild_requests(engine, s.session_id)]
+        engine.dispose()
+        return sorted(found), bodies
+
+    first, bodies = replies("a")
+    again, _ = replies("b")
+    other, _ = replies("c", crafter_sampling_seed=7)
+    assert len(first) == 2 * 4 and first == again
+    assert other != first  # another seed base draws other replies
+    assert {body["seed"] for body in bodies} == {tracing.sampling_seed(0, seed, turn) for seed, turn, _ in first}

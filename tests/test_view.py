@@ -8,9 +8,10 @@ import json
 import os
 import re
 import uuid
-from html import escape
+from html.parser import HTMLParser
 
 import aiohttp
+import markupsafe
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -51,7 +52,24 @@ def session(site, run_id, seed=1):
 
 
 def escaped(text):
-    return escape(text, quote=True)
+    """As the pages write a value (Jinja2's autoescape)."""
+    return str(markupsafe.escape(text))
+
+
+class Parsed(HTMLParser):
+    """A page as a browser's parser reads it: its elements, their attributes, its text."""
+
+    def __init__(self, html):
+        super().__init__(convert_charrefs=True)
+        self.elements, self.text = [], []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
 
 
 def rows(html, css):
@@ -158,6 +176,35 @@ def test_every_model_written_string_is_escaped(site):
     episode = site.text(f"/episode/{s.session_id}")
     assert escaped(XSS_REPLY) in episode and escaped(XSS_REASONING) in episode
     assert escaped(XSS_MODEL) in site.text("/")
+
+
+# What the templates write, and nothing else: a value that reached a page unescaped adds an element or
+# an attribute (`<script>`, `onfocus=`) that is not here.
+PAGE_ELEMENTS = {"html", "head", "meta", "title", "style", "body", "header", "main", "a", "span", "form", "select",
+                 "option", "button", "p", "table", "tr", "th", "td", "div", "pre", "h2", "h3", "b", "i", "ul", "li",
+                 "details", "summary", "img", "input", "script"}
+PAGE_ATTRIBUTES = {"charset", "href", "class", "id", "name", "value", "selected", "method", "action", "style", "alt",
+                   "type", "min", "max", "nonce", "data-turn", "data-first", "data-last", "data-goto", "data-frames",
+                   "data-start"}
+
+
+def test_a_value_from_the_db_is_text_or_an_attribute_value_never_markup(site):
+    """The model's name (quotes of both kinds: it sits in <option value='...'>), its reply and reasoning,
+    parsed as a browser parses the page: they come back whole as text and values, and add nothing."""
+    s = session(site, "xss", 1)
+    pages = ("/", "/run/xss", f"/episode/{s.session_id}", f"/pair?a={s.session_id}&b={s.session_id}",
+             "/compare?a=xss&b=rand")
+    parsed = {path: Parsed(site.text(path)) for path in pages}
+    for path, page in parsed.items():
+        assert {tag for tag, _ in page.elements} <= PAGE_ELEMENTS, path
+        assert {name for _, attrs in page.elements for name in attrs} <= PAGE_ATTRIBUTES, path
+        scripts = [attrs for tag, attrs in page.elements if tag == "script"]
+        assert len(scripts) <= 1 and all(set(attrs) == {"nonce"} for attrs in scripts), path
+    runs = parsed["/"]
+    assert XSS_MODEL in [attrs.get("value") for tag, attrs in runs.elements if tag == "option"]
+    assert XSS_MODEL in runs.text
+    episode = parsed[f"/episode/{s.session_id}"]
+    assert XSS_MODEL in episode.text and XSS_REPLY in episode.text and XSS_REASONING in episode.text
 
 
 def test_pages_run_only_their_own_script(site):
@@ -375,7 +422,7 @@ def test_eval_report_says_how_to_open_its_runs_in_the_browser(tmp_path):
 
 
 def test_sft_marks_read_turn_relabelled_and_whole_episode_examples(tmp_path):
-    from synth_qwen.view import SftMarks
+    from synth_qwen.view_queries import SftMarks
     lines = [{"messages": [], "metadata": {"session_id": "s1", "turn": 0}},
              {"messages": [], "metadata": {"session_id": "s1", "turn": 2, "relabelled_by": "builtin:expert"}},
              {"metadata": {"session_id": "s2", "turns": 7}, "messages": [{"content": ',"metadata":{}'}]},
@@ -402,3 +449,15 @@ def test_an_older_schema_is_named_not_upgraded(tmp_path):
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert f"schema v1, this code reads v{tracing.SCHEMA_VERSION}" in done.stderr and "filter_traces --dry-run" in done.stderr
     assert fingerprint(path) == before
+
+
+def test_every_template_ships_in_the_package():
+    """A non-editable install carries what the pages are built from: each file under synth_qwen/templates
+    is package data in pyproject.toml."""
+    from fnmatch import fnmatch
+    from setuptools.config.pyprojecttoml import read_configuration
+    from synth_qwen.view import TEMPLATES
+    config = read_configuration(TEMPLATES.parents[1] / "pyproject.toml")["tool"]["setuptools"]
+    assert "synth_qwen.templates" in config["packages"]
+    shipped = config["package-data"]["synth_qwen.templates"]
+    assert [p.name for p in TEMPLATES.iterdir() if not any(fnmatch(p.name, glob) for glob in shipped)] == []

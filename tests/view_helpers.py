@@ -18,7 +18,7 @@ from rollout_helpers import REPO, rollout_env, run_module
 
 XSS_REPLY = "<script>window.pwned = 1</script> I go left"
 XSS_REASONING = '<img src=x onerror="window.pwned = 2">'
-XSS_MODEL = "evil<script>window.pwned = 3</script>"
+XSS_MODEL = "evil<script>window.pwned = 3</script>\" x='y' autofocus onfocus='window.pwned = 4'"  # quotes: attributes too
 
 
 def free_port() -> int:
