@@ -45,8 +45,12 @@ class AtomicFile:
         put_in_place(self.temp, self.path)
 
     def discard(self) -> None:
-        self.handle.close()
-        self.temp.unlink(missing_ok=True)
+        try:
+            self.handle.close()  # on a full disk this flush fails again: the data is being dropped anyway
+        except OSError:
+            pass
+        finally:
+            self.temp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

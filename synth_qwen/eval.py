@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from synth_qwen import preflight, run_stats, stats, tracing
+from synth_qwen.atomic_file import atomic_path, write_text_atomic
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.replay import replay_to_file
@@ -31,6 +32,7 @@ from synth_qwen.settings import (BUILTIN_POLICIES, EvalSettings, SettingsError, 
                                  load, redact)
 from synth_qwen.tracing import Session
 from synth_qwen.view import browse_line
+from synth_qwen.write_errors import write_failure
 
 PLOT_HINT = "pip install 'synth_qwen[plot]'"
 
@@ -320,8 +322,11 @@ def write_chart(report: dict, path: Path) -> bool:
     ax.legend(loc="upper center", ncol=min(len(models), 4))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=".png") as temp:
+            fig.savefig(temp, dpi=110)
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -340,6 +345,20 @@ def write_replays(report: dict, db_url: str, report_dir: Path) -> None:
     engine.dispose()
 
 
+def write_report(report: dict, settings: EvalSettings, report_dir: Path) -> bool:
+    """Replays, chart, report.json and report.md (each whole or not at all); True when the chart was drawn."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if settings.eval_replays:
+        console.print(f"writing replays of each model's best and worst episode to {report_dir / 'replays'}…",
+                      highlight=False)
+        write_replays(report, settings.crafter_db_url, report_dir)
+    chart = write_chart(report, report_dir / "achievements.png")
+    report["chart"] = "achievements.png" if chart else None
+    write_text_atomic(report_dir / "report.json", json.dumps(report, indent=2))
+    write_text_atomic(report_dir / "report.md", markdown(report, chart))
+    return chart
+
+
 # ---------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -353,13 +372,14 @@ def main() -> int:
     name = settings.eval_run_ids[0] if not playing else settings.eval_run_id or new_run_id("eval")
     report_dir = settings.eval_report_dir or Path("reports") / name
     preflight.ready_or_exit(db=(settings.crafter_db_url, playing), dirs={"EVAL_REPORT_DIR": report_dir})
+    rerun = (f"EVAL_RUN_ID={name} python -m synth_qwen.eval   (same settings)" if playing else
+             f"EVAL_RUN_IDS=\"{' '.join(settings.eval_run_ids)}\" python -m synth_qwen.eval   (same settings)")
     if playing:
         last_seed = settings.eval_seed + settings.eval_episodes - 1
         console.print(f"evaluation {name}: {len(settings.models)} model(s) × {settings.eval_episodes} episodes on "
                       f"{settings.crafter_difficulty}, seeds {settings.eval_seed}..{last_seed}, "
                       f"{settings.crafter_max_steps} turns each -> {redact(settings.crafter_db_url)}", highlight=False)
-        runs, stopped = play_until_stopped(lambda: play_models(settings, name),
-                                           f"EVAL_RUN_ID={name} python -m synth_qwen.eval   (same settings)")
+        runs, stopped = play_until_stopped(lambda: play_models(settings, name), rerun)
         if stopped:
             return stopped
     else:
@@ -379,15 +399,13 @@ def main() -> int:
 
     console.print("computing confidence intervals…", highlight=False)
     report = build_report(runs, name, " ".join(settings.eval_run_ids) or name, settings.crafter_db_url)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    if settings.eval_replays:
-        console.print(f"writing replays of each model's best and worst episode to {report_dir / 'replays'}…",
-                      highlight=False)
-        write_replays(report, settings.crafter_db_url, report_dir)
-    chart = write_chart(report, report_dir / "achievements.png")
-    report["chart"] = "achievements.png" if chart else None
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (report_dir / "report.md").write_text(markdown(report, chart))
+    try:
+        chart = write_report(report, settings, report_dir)
+    except OSError as error:
+        console.print(f"error: cannot write the report in EVAL_REPORT_DIR={report_dir} "
+                      f"({write_failure(error) or error.strerror}): the episodes are safe in the trace DB; free "
+                      f"space, then write it with: {rerun}", highlight=False)
+        return 1
     print_tables(report)
     console.print(f"report: {report_dir / 'report.md'} (also report.json"
                   f"{', achievements.png' if chart else ''}{', replays/' if settings.eval_replays else ''})"

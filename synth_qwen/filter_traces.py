@@ -37,6 +37,7 @@ from synth_qwen.atomic_file import AtomicFile
 from synth_qwen.settings import FilterSettings, load, redact
 from synth_qwen.sft_format import MIN_EXAMPLES, VALIDATORS, preference_pair
 from synth_qwen.tracing import LMEvent, Message, Session, Step
+from synth_qwen.write_errors import write_failure
 
 # ---------------------------------------------------------------------------------------
 # Which episodes: session filters, in funnel order
@@ -512,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
             if written[side]:  # an empty result never replaces an existing file
                 writer.commit()
     except OSError as error:  # unwritable folder, disk full, target is a directory, …
-        print(f"error: cannot write the output: {error}; nothing was written", file=sys.stderr)
+        print(f"error: cannot write the output ({write_failure(error) or error}): nothing was written "
+              f"({s.output_jsonl} is as it was); free space, then rerun the same command", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

@@ -17,14 +17,15 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter
 
-from synth_qwen import qwen_format
+from synth_qwen import cpu_compute, qwen_format
 from synth_qwen.serve_store import ModelSpec
 
 DEFAULT_MAX_TOKENS = 512
+RELEASED = "inference worker: released"  # its log line when serve asks it to free its models
 
 
 class ChatRequest(BaseModel):
@@ -37,6 +38,15 @@ class ChatRequest(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+
+
+class ReleaseModels(BaseModel):
+    """serve's word that a training job starts: free every loaded model (they reload on the next chat),
+    so the two workers do not hold a big base model at once."""
+    type: Literal["release"] = "release"
+
+
+WORKER_REQUEST = TypeAdapter(ReleaseModels | ChatRequest)  # one line of the worker's stdin
 
 
 class Usage(BaseModel):
@@ -98,8 +108,16 @@ class Models:
             return self.loaded[key]
         while len(self.loaded) >= self.capacity:
             self.loaded.popitem(last=False)
+            collect_garbage(self.device)  # before the next load: never two big models at once
         self.loaded[key] = self.load(spec)
         return self.loaded[key]
+
+    def release(self) -> None:
+        """Forget every model; a running batch keeps its own until it ends."""
+        count = len(self.loaded)
+        self.loaded.clear()
+        collect_garbage(self.device)
+        print(f"{RELEASED} {count} models (a training job started)", file=sys.stderr, flush=True)
 
     def load(self, spec: ModelSpec) -> LoadedModel:
         import torch
@@ -108,7 +126,7 @@ class Models:
         from synth_qwen import tiny_model
 
         local_only = not spec.allow_download
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = torch.bfloat16 if self.device == "cuda" else "auto"  # on CPU as saved: a bf16 4B never in fp32
         base = spec.base or spec
         base_path = tiny_model.local_path(base)
         model_path = spec.path if spec.path and spec.kind != "tiny" else base_path
@@ -121,6 +139,8 @@ class Models:
             model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local_only)
         model.to(self.device).eval()
+        if self.device == "cpu":
+            cpu_compute.fp32_matmuls(model)
         stop_ids = {tokenizer.convert_tokens_to_ids(token) for token in qwen_format.STOP_TOKENS} | {tokenizer.eos_token_id}
         stop_ids.discard(None)
         stop_ids.discard(tokenizer.unk_token_id)
@@ -252,10 +272,20 @@ def pick_token(logits, temperature: float, top_p: float, generator) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def collect_garbage(device: str) -> None:
+    import gc
+
+    gc.collect()  # a model caught in reference cycles is freed only by the collector
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
 def read_requests(inbox: queue.Queue) -> None:
     for line in sys.stdin:
         if line.strip():
-            inbox.put(ChatRequest.model_validate_json(line))
+            inbox.put(WORKER_REQUEST.validate_json(line))
     inbox.put(None)  # serve closed the pipe
 
 
@@ -266,11 +296,20 @@ def serve_requests(inbox: queue.Queue, models: "Models", max_batch: int, device:
     of them, so models are served in arrival order.
     """
     waiting, batch = [], None
+
+    def take(message) -> None:
+        if isinstance(message, ReleaseModels):
+            models.release()
+        else:
+            waiting.append(message)
+
     while True:
         if not waiting and batch is None:  # idle: block for the next request
-            waiting.append(inbox.get())
+            take(inbox.get())
         while not inbox.empty():
-            waiting.append(inbox.get())
+            take(inbox.get())
+        if not waiting and batch is None:
+            continue
         if None in waiting:  # serve closed the pipe: nobody is left to answer
             return
         if batch is None:

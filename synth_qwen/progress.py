@@ -15,6 +15,7 @@ from synth_qwen.rollout import RunResult, Runner
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, inference_api_key, inference_base_url,
                                  install_sigterm_as_interrupt, redact)
 from synth_qwen.tracing import Session
+from synth_qwen.write_errors import write_failure
 
 console = Console(stderr=True, soft_wrap=True)  # a log line is never cut at 80 columns: commands stay copyable
 
@@ -111,12 +112,21 @@ class WaitNotice:
 
 def play_until_stopped(play_all, resume: str):
     """(what play_all() returns, None), or (None, exit code) after one line on why it stopped: 1 when
-    the endpoint failed its preflight, 130 on Ctrl-C or SIGTERM (with `resume`, the command that goes on)."""
+    the endpoint failed its preflight or the trace DB refused a write (a full disk), 130 on Ctrl-C or
+    SIGTERM (with `resume`, the command that goes on)."""
     install_sigterm_as_interrupt()
     try:
         return play_all(), None
     except EndpointUnreachable as error:
         console.print(f"error: {error}", highlight=False)
+        return None, 1
+    except Exception as error:
+        reason = write_failure(error)
+        if reason is None:
+            raise
+        # each finished episode was committed on its own, so nothing before this write is lost
+        console.print(f"error: the trace DB could not be written ({reason}): finished episodes are safe; free "
+                      f"space, then resume with: {resume}", highlight=False)
         return None, 1
     except KeyboardInterrupt:
         console.print(f"\ninterrupted: finished episodes are saved; in-flight ones are marked incomplete.\n"

@@ -18,11 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from synth_qwen import preflight, run_stats
+from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.crafter_env import ACHIEVEMENTS
 from synth_qwen.progress import console, play, play_until_stopped
 from synth_qwen.rollout import new_run_id
 from synth_qwen.settings import (BUILTIN_POLICIES, RolloutSettings, SettingsError, exit_usage, inference_base_url,
                                  load, redact)
+from synth_qwen.write_errors import write_failure
 
 
 def print_summary(summary: dict, run_id: str, settings: RolloutSettings) -> None:
@@ -70,8 +72,13 @@ def main() -> int:
     summary = run_stats.summarize(result.sessions, result.wall_s)
     print_summary(summary, run_id, settings)
     if settings.crafter_summary_json:
-        settings.crafter_summary_json.parent.mkdir(parents=True, exist_ok=True)
-        settings.crafter_summary_json.write_text(json.dumps(dict(summary, run_id=run_id), indent=2))
+        try:
+            write_text_atomic(settings.crafter_summary_json, json.dumps(dict(summary, run_id=run_id), indent=2))
+        except OSError as error:
+            console.print(f"error: cannot write CRAFTER_SUMMARY_JSON={settings.crafter_summary_json} "
+                          f"({write_failure(error) or error.strerror}): the run is finished and safe in the trace "
+                          f"DB; free space, then write it again with: {resume_hint(run_id)}", highlight=False)
+            return 1
     if result.played and result.unreachable == result.played:
         errors = {s.status_reason for s in result.sessions if s.status == "agent_error"}
         console.print(f"error: no episode could reach the policy endpoint {redact(inference_base_url())}: "

@@ -22,14 +22,14 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from synth_qwen import preflight, sft_format, train_dpo, train_worker
-from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest
+from synth_qwen import access, preflight, sft_format, train_dpo, train_worker, write_errors
+from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest, ReleaseModels
 from synth_qwen.fine_tuning_api import (ACTIVE_STATUSES, HYPERPARAMETER_RANGES, METHOD_HYPERPARAMETERS, METHODS,
                                          hyperparameter_problem, seed_problem)
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
 from synth_qwen.settings import ServeSettings, SettingsError, exit_usage, load
-from synth_qwen.tiny_model import QWEN3_SHAPED_ID, TINY_MODEL_ID
+from synth_qwen.tiny_model import QWEN3_SHAPED_MODELS, TINY_MODEL_ID
 from synth_qwen.train_worker import (WORKER_MESSAGE, TrainingSpec, WorkerCheckpoint, WorkerError, WorkerEvent,
                                      WorkerMetrics, WorkerResult)
 
@@ -83,16 +83,25 @@ async def errors_middleware(request: web.Request, handler):
         return web.json_response(ApiError(error.status, f"{request.method} {request.path}: {error.reason}",
                                           code=error.reason.lower().replace(" ", "_")).body, status=error.status)
     except Exception as error:  # a bug: the client still gets OpenAI's error shape; the traceback goes to the log
+        if write_errors.no_space(error):  # not a bug: the client may retry once there is room
+            message = f"{no_room(request.app['store'], error)}; free space there, then retry."
+            logging.getLogger("synth_qwen.serve").warning("%s %s: %s", request.method, request.path, message)
+            return web.json_response(ApiError(507, message, type="server_error", code="insufficient_storage").body,
+                                     status=507)
         logging.getLogger("synth_qwen.serve").exception("%s %s failed", request.method, request.path)
         return web.json_response(ApiError(500, f"Internal server error ({type(error).__name__}); see the server log.",
                                           type="server_error", code="internal_error").body, status=500)
+
+
+def no_room(store: Store, error: OSError) -> str:
+    return f"Not enough disk space in the data dir SERVE_DATA_DIR={store.root} ({write_errors.write_failure(error)})"
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
     key = request.app["settings"].serve_api_key
     if key and not request.path.endswith("/health"):
-        if request.headers.get("Authorization", "") != f"Bearer {key}":
+        if not access.has_key(request, key):
             raise ApiError(401, "Invalid or missing API key: send 'Authorization: Bearer <SERVE_API_KEY>'.",
                            code="invalid_api_key")
     return await handler(request)
@@ -127,7 +136,7 @@ def page_args(request: web.Request, listing: str = "other") -> tuple[str | None,
 # ---------------------------------------------------------------------------------------
 # Models: the built-in two, local Hugging Face models, and what jobs produced
 
-BUILT_IN_MODELS = (TINY_MODEL_ID, QWEN3_SHAPED_ID)  # built under SERVE_DATA_DIR on first use
+BUILT_IN_MODELS = (TINY_MODEL_ID, *QWEN3_SHAPED_MODELS)  # built under SERVE_DATA_DIR on first use
 
 
 def model_spec(app: web.Application, name: str) -> ModelSpec | None:
@@ -135,7 +144,7 @@ def model_spec(app: web.Application, name: str) -> ModelSpec | None:
     settings, store = app["settings"], app["store"]
     if name == TINY_MODEL_ID:
         return ModelSpec(key=name, kind="tiny", size=settings.serve_tiny_size, data_dir=str(store.root))
-    if name == QWEN3_SHAPED_ID:  # a Hugging Face model like any other, once built (tiny_model.local_path)
+    if name in QWEN3_SHAPED_MODELS:  # Hugging Face models like any other, once built (tiny_model.local_path)
         return ModelSpec(key=name, kind="hf", data_dir=str(store.root))
     record = store.models().get(name)
     if record:
@@ -364,7 +373,7 @@ async def validate_job(app: web.Application, job_id: str, spec: ModelSpec) -> No
     reports = []
     for field, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
         if file_id:
-            minimum = sft_format.MIN_EXAMPLES if field == "training_file" else 1
+            minimum = app["settings"].serve_min_examples if field == "training_file" else 1
             reports.append((field, await asyncio.to_thread(
                 sft_format.validate_jsonl, store.file_data_path(file_id), minimum, file_id, job.method_type)))
     job = store.get_job(job_id)
@@ -408,9 +417,21 @@ async def job_runner(app: web.Application) -> None:
         if job and job.status == "queued":
             try:
                 await run_job(app, job)
-            except Exception as error:  # a bug here must not stop later jobs
-                finish_job(app["store"], app["store"].get_job(job_id), "failed",
-                           JobError(code="server_error", message=f"{type(error).__name__}: {error}"))
+            except Exception as error:  # a bug here, or a full disk, must not stop later jobs
+                fail_job_after(app["store"], job_id, error)
+
+
+def fail_job_after(store: Store, job_id: str, error: Exception) -> None:
+    if write_errors.no_space(error):
+        reason = JobError(code="insufficient_storage", message=f"{no_room(store, error)}; free space there, then "
+                                                               "create a new job")
+    else:
+        reason = JobError(code="server_error", message=f"{type(error).__name__}: {error}")
+        logging.getLogger("synth_qwen.serve").error("job %s failed", job_id, exc_info=error)
+    try:
+        finish_job(store, store.get_job(job_id), "failed", reason)
+    except OSError as again:  # not even job.json fits: the next start marks the job failed (server_restarted)
+        logging.getLogger("synth_qwen.serve").error("job %s: cannot record its failure (%s)", job_id, again)
 
 
 async def run_job(app: web.Application, job: FineTuningJob) -> None:
@@ -428,6 +449,7 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
     job.status = "running"
     store.save_job(job)
     store.add_event(job.id, "Fine-tuning job started")
+    await app["inference"].release_models()  # one process at a time holds a base model (4B: 8 GB)
     with open(job_dir / "worker.log", "ab") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "synth_qwen.train_worker", str(job_dir), stdout=asyncio.subprocess.PIPE,
@@ -460,9 +482,9 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
     job = store.get_job(job.id)
     if job.status == "cancelled":
         return
-    if returncode == 0 and result:
-        register_model(store, name, job.id, result.output_dir, result.adapter, base)
+    if returncode == 0 and result:  # the metrics file first: a job whose results cannot be stored publishes no model
         metrics_file = store.add_file("step_metrics.csv", "fine-tune-results", copy_for_store(store, result.metrics_csv))
+        register_model(store, name, job.id, result.output_dir, result.adapter, base)
         job.fine_tuned_model, job.trained_tokens, job.output_dir = name, result.trained_tokens, result.output_dir
         job.result_files = [metrics_file["id"]]
         store.add_event(job.id, f"New fine-tuned model created: {name} ({result.tokens_per_second:.0f} training "
@@ -477,7 +499,11 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
 
 def copy_for_store(store: Store, path: str) -> Path:
     temp = store.upload_temp_path()
-    shutil.copyfile(path, temp)
+    try:
+        shutil.copyfile(path, temp)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise
     return temp
 
 
@@ -596,6 +622,12 @@ class InferenceWorker:
         self.process.stdin.write((request.model_dump_json() + "\n").encode())
         await self.process.stdin.drain()
         return await future
+
+    async def release_models(self) -> None:
+        """Ask the worker to free its models (a training job needs the memory); no-op when it is not running."""
+        if self.process and self.process.returncode is None:
+            self.process.stdin.write((ReleaseModels().model_dump_json() + "\n").encode())
+            await self.process.stdin.drain()
 
     async def stop(self) -> None:
         if self.process and self.process.returncode is None:
@@ -737,6 +769,7 @@ def main() -> None:
     settings = load(ServeSettings)
     preflight.ready_or_exit(dirs={"SERVE_DATA_DIR": settings.serve_data_dir},
                             inputs={"SERVE_MODELS_DIR": settings.serve_models_dir})
+    access.exposure_or_exit(access.SERVE, settings.serve_host, settings.serve_api_key, settings.serve_allow_no_auth)
     try:
         preflight.listenable(settings.serve_host, settings.serve_port)  # before the data dir is made
     except SettingsError as error:

@@ -164,7 +164,11 @@ class Store:
         meta = {"id": file_id, "object": "file", "bytes": self.file_data_path(file_id).stat().st_size,
                 "created_at": now(), "filename": filename, "purpose": purpose, "status": "processed",
                 "status_details": None}
-        write_json(self.files_dir / f"{file_id}.json", meta)
+        try:
+            write_json(self.files_dir / f"{file_id}.json", meta)
+        except OSError:  # no record, no file: the data would take space under an id nobody knows
+            self.file_data_path(file_id).unlink()
+            raise
         return meta
 
     def upload_temp_path(self) -> Path:

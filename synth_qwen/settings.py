@@ -29,6 +29,8 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from pydantic_settings import (BaseSettings, CliPositionalArg, CliSettingsSource, DotEnvSettingsSource,
                                EnvSettingsSource, SettingsConfigDict)
 
+from synth_qwen.sft_format import MIN_EXAMPLES
+
 DEFAULT_DB_URL = "sqlite:///traces/v3/lm_synth/traces.db"
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 DEFAULT_ACTIONS_PER_TURN = 5  # CRAFTER_ACTIONS_PER_TURN's default; also the length of a route hint
@@ -482,11 +484,13 @@ class ServeSettings(Settings):
     serve_data_dir: Path = Path("serve_data")
     serve_models_dir: Path | None = None  # local model folders, served by their path below it; unset: none
     serve_api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    serve_allow_no_auth: bool = False  # a SERVE_HOST other machines reach may run without a key (warned)
     serve_max_upload_mb: float = Field(512.0, gt=0, le=1 << 20)  # at most 1 TiB (inf cannot size a buffer)
     serve_device: Literal["auto", "cpu", "cuda"] = "auto"
     serve_allow_download: bool = False  # may base models be fetched from the Hugging Face Hub?
     serve_tiny_size: Literal["micro", "small", "medium"] = "small"  # rows of tiny_model.SIZES
     serve_max_seq_len: int = Field(2048, ge=64)  # longer training examples are truncated
+    serve_min_examples: int = Field(MIN_EXAMPLES, ge=1)  # a training file needs this many (OpenAI's rule: 10)
     serve_max_batch: int = Field(32, ge=1)  # concurrent chat requests decoded together
     serve_lora_rank: int = Field(16, ge=1)
     serve_train_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has bf16
@@ -628,3 +632,5 @@ class ViewSettings(Settings):
     view_host: str = "127.0.0.1"  # bind address; 0.0.0.0 shows your traces to the network
     view_port: int = Field(8100, ge=0, le=65535)  # 0 = any free port (printed at start)
     view_sft_jsonl: Path | None = None  # a filter_traces JSONL: mark the turns that became training examples
+    view_api_key: str | None = None  # when set, pages need it (?key= once, basic auth or a Bearer header)
+    view_allow_no_auth: bool = False  # a VIEW_HOST other machines reach may run without a key (warned)

@@ -29,6 +29,7 @@ from synth_qwen.fine_tuning_api import TERMINAL_STATUSES
 from synth_qwen.settings import (KickoffSettings, SettingsError, exit_usage, install_sigterm_as_interrupt,
                                  learning_api_key, learning_base_url, load, redact)
 from synth_qwen.sft_format import validate_jsonl
+from synth_qwen.write_errors import write_failure
 
 EXIT_FAILED, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 124, 130
 POLL_FAILURES_BEFORE_WARNING = 3
@@ -48,8 +49,19 @@ def read_state(path: Path) -> dict:
         return {}
 
 
+class StateNotSaved(Exception):
+    """The state file could not be written (a full disk); the message says what exists and how to go on."""
+
+
 def write_state(path: Path, state: dict) -> None:
-    write_text_atomic(path, json.dumps(state, indent=2))
+    try:
+        write_text_atomic(path, json.dumps(state, indent=2))
+    except OSError as error:
+        job_id = state.get("job_id")
+        then = (f"job {job_id} is on the service and goes on; free space, then follow it with: {follow_command(job_id)}"
+                if job_id else "no job was started; free space, then rerun the same command")
+        raise StateNotSaved(f"cannot write the state file SFT_STATE_FILE={path} "
+                            f"({write_failure(error) or error.strerror}): {then}") from None
 
 
 def file_digest(path: Path) -> str:
@@ -264,6 +276,9 @@ def main() -> int:
         else:
             say("\ninterrupted before a job was created")
         return EXIT_INTERRUPTED
+    except StateNotSaved as error:
+        say(f"error: {error}")
+        return EXIT_FAILED
     except openai.APIStatusError as error:
         say(f"error: the learning service at {base_url} answered HTTP {error.status_code}: {error.message}")
         return EXIT_FAILED

@@ -58,19 +58,23 @@ def ensure(data_dir: str | Path, size: str = "small") -> Path:
 
 def built_once(target: Path, build) -> Path:
     """`target`, made by build(staging folder) unless it exists: built aside and renamed into place,
-    so a reader never sees half a model and processes building it at once agree."""
+    so a reader never sees half a model. A lock makes a second process wait for the first build
+    instead of making its own (two 4B builds at once would need 16 GB)."""
+    import fcntl
+
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        build(staging)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if (target / "config.json").exists():  # built while we waited
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
         try:
+            build(staging)
             os.rename(staging, target)
-        except OSError:  # another process finished first; its copy is identical
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -79,8 +83,8 @@ def local_path(spec) -> str:
     built here on first use, any other is its own path (a local dir or a hub id)."""
     if spec.kind == "tiny":
         return str(ensure(spec.data_dir, spec.size))
-    if spec.key == QWEN3_SHAPED_ID:
-        return str(ensure_qwen3_shaped(spec.data_dir))
+    if spec.key in QWEN3_SHAPED_MODELS:
+        return str(ensure_qwen3_shaped(spec.data_dir, QWEN3_SHAPED_MODELS[spec.key]))
     return spec.path
 
 
@@ -167,16 +171,24 @@ def template_literals() -> list[str]:
 # path Qwen3-4B-Instruct-2507 takes (full vocabulary, LoRA, adapter export) runs offline on CPU.
 
 QWEN3_SHAPED_ID = "local/qwen3-shaped"
+QWEN3_4B_SHAPED_ID = "local/qwen3-4b-shaped"
 # Shapes: "test" for CPU tests (~9.8M params, nearly all of them the 151,936 x 64 embedding);
-# "gpu-check" (~0.28B) for scripts/gpu_check.py, saved in bfloat16 as Qwen3-4B ships (so
-# dtype="auto" loads it as the 4B loads). Qwen3-4B for scale: hidden 2560, 36 layers.
-QWEN3_SAVED_DTYPE = {"test": "float32", "gpu-check": "bfloat16"}
+# "gpu-check" (~0.28B) saved in bfloat16 as Qwen3-4B ships (so dtype="auto" loads it as the 4B
+# loads); "4b": exactly Qwen3-4B-Instruct-2507's config.json (4.02B params, 8 GB of bf16), for
+# proving the real size offline. Shapes without their own positions and rope get MAX_POSITIONS.
+QWEN3_SAVED_DTYPE = {"test": "float32", "gpu-check": "bfloat16", "4b": "bfloat16"}
 QWEN3_SHAPES = {
     "test": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=16, intermediate_size=192),
     "gpu-check": dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=8,
                       head_dim=128, intermediate_size=3072),
+    "4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=128, intermediate_size=9728, max_position_embeddings=262_144,
+               rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0}),
 }
+QWEN3_SHAPED_MODELS = {QWEN3_SHAPED_ID: "test", QWEN3_4B_SHAPED_ID: "4b"}  # built-in model id -> shape
+QWEN3_INIT = "normal(0, initializer_range) once; norms 1"  # build_qwen3_model's init (in the recipe)
+SHARD_SIZE = "4GB"  # Qwen3-4B ships in shards too; sharded loading is the path it takes
 
 
 def ensure_qwen3_shaped(data_dir: str | Path, shape: str = "test") -> Path:
@@ -184,17 +196,25 @@ def ensure_qwen3_shaped(data_dir: str | Path, shape: str = "test") -> Path:
     template = chat_template()
     ranks = hashlib.sha256(qwen_format.ranks_file().read_bytes()).hexdigest()
     recipe = [QWEN3_SHAPES[shape], QWEN3_SAVED_DTYPE[shape], template, ranks, qwen_format.pre_tokenizer_pattern(),
-              sorted(qwen_format.QWEN3_ADDED_TOKENS.items()), INIT_SEED]  # any change: a new model
+              sorted(qwen_format.QWEN3_ADDED_TOKENS.items()), INIT_SEED, QWEN3_INIT]  # any change: a new model
     key = hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:12]
 
     def build(staging: Path) -> None:
-        tokenizer = build_qwen3_tokenizer()
-        build_qwen3_model(shape).save_pretrained(staging)
+        tokenizer = build_qwen3_tokenizer(shape)
+        build_qwen3_model(shape).save_pretrained(staging, max_shard_size=SHARD_SIZE)
         tokenizer.save_pretrained(staging)
     return built_once(Path(data_dir) / "base_models" / f"qwen3-shaped-{shape}-{key}", build)
 
 
-def build_qwen3_tokenizer():
+def qwen3_config(shape: str) -> dict:
+    """Qwen3Config arguments of a shape (the vocabulary and special-token ids are Qwen3's own)."""
+    ids = {token: id_ for id_, (token, _) in qwen_format.QWEN3_ADDED_TOKENS.items()}
+    return dict(dict(max_position_embeddings=MAX_POSITIONS), **QWEN3_SHAPES[shape], vocab_size=qwen_format.QWEN3_VOCAB_SIZE,
+                tie_word_embeddings=True, bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[EOS_TOKEN],
+                pad_token_id=ids[PAD_TOKEN])
+
+
+def build_qwen3_tokenizer(shape: str = "test"):
     """Qwen3's tokenizer from its BPE ranks: Qwen's pre-tokenizer split, byte-level BPE, NFC, the
     added tokens at their real ids, eos/pad and the Instruct-2507 template."""
     from tokenizers import AddedToken, normalizers
@@ -208,7 +228,8 @@ def build_qwen3_tokenizer():
         if raw.token_to_id(token) != id_:
             raise RuntimeError(f"{token} got id {raw.token_to_id(token)}, Qwen3 has {id_}")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
-                                        bos_token=None, unk_token=None, model_max_length=MAX_POSITIONS)
+                                        bos_token=None, unk_token=None,
+                                        model_max_length=qwen3_config(shape)["max_position_embeddings"])
     tokenizer.chat_template = chat_template("inference")
     return tokenizer
 
@@ -216,13 +237,19 @@ def build_qwen3_tokenizer():
 def build_qwen3_model(shape: str):
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers.initialization import no_init_weights
 
     ids = {token: id_ for id_, (token, _) in qwen_format.QWEN3_ADDED_TOKENS.items()}
-    config = Qwen3Config(**QWEN3_SHAPES[shape], vocab_size=qwen_format.QWEN3_VOCAB_SIZE,
-                         max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
-                         bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN])
+    config = Qwen3Config(**qwen3_config(shape))
+    # Made in the saved dtype (an fp32 model first would need 16 GB at the 4B size) and initialised
+    # once, here: transformers' own init took ~4x as long (measured: ~6 minutes at the 4B size).
+    with no_init_weights():
+        model = Qwen3ForCausalLM._from_config(config, dtype=getattr(torch, QWEN3_SAVED_DTYPE[shape]))
+    model.tie_weights()
     torch.manual_seed(INIT_SEED)
-    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        for weights in model.parameters():  # RMSNorm scales 1; matrices N(0, initializer_range), as Qwen3 inits
+            weights.fill_(1.0) if weights.dim() == 1 else weights.normal_(0.0, config.initializer_range)
     model.generation_config = GenerationConfig(eos_token_id=[ids[token] for token in qwen_format.STOP_TOKENS],
                                                pad_token_id=config.pad_token_id)
-    return model.to(getattr(torch, QWEN3_SAVED_DTYPE[shape]))
+    return model

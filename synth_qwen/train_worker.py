@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,8 +27,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from synth_qwen import qwen_format
+from synth_qwen import cpu_compute, qwen_format
+from synth_qwen.inference_worker import SMALL_MODEL_PARAMS
 from synth_qwen.serve_store import Hyperparameters, ModelSpec
+from synth_qwen.write_errors import write_failure
 
 # Training defaults per base-model kind; "auto" hyperparameters resolve from here.
 TRAINING_DEFAULTS = {
@@ -207,6 +210,35 @@ class NothingToTrain(Diverged):
     code = "no_trained_tokens"
 
 
+class CannotWrite(Diverged):
+    """A checkpoint or the final model could not be written (a full disk): no model is published."""
+    code = "output_not_written"
+
+
+def save_weights(model, folder: Path) -> None:
+    """The model's weights, or its LoRA adapter in the base model's dtype: vLLM and PEFT cast an
+    adapter to that dtype anyway, and PEFT trains it in fp32, which would double the file (Qwen3-4B
+    r=16: 66 MB in bf16). Only the small LoRA tensors are cast; the base's are never copied."""
+    if not hasattr(model, "peft_config"):
+        return model.save_pretrained(folder)
+    dtype = model.get_base_model().dtype
+    state = {name: weights.to(dtype) if "lora_" in name else weights for name, weights in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=state)
+
+
+def save_or_fail(what: str, folder: Path, *savers) -> None:
+    """Each saver writes into `folder`; when one fails, the half-written folder goes (it holds the space the
+    job needs to record its failure, and it is no model) and the job fails naming what and where."""
+    try:
+        for save in savers:
+            save(str(folder))
+    except Exception as error:  # OSError, or safetensors' own error wrapping one
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = write_failure(error) or " ".join(str(error).split())
+        raise CannotWrite(f"cannot write the {what} to {folder} ({reason}): free space on the disk of "
+                          f"SERVE_DATA_DIR, then create a new job") from error
+
+
 def divergence(logs: dict) -> str | None:
     """Why these logged metrics show a diverged run (a NaN or infinite loss or gradient), or None."""
     for key in ("loss", "grad_norm"):
@@ -375,19 +407,25 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
 
     device = resolve_device(spec.device)
     lora = defaults["method"] == "lora"
+    # Checkpointing slows a small model down, but a big one's activations would not fit (36 layers).
+    checkpointing = defaults["gradient_checkpointing"] and (device != "cpu" or model.num_parameters() >= SMALL_MODEL_PARAMS)
+    if device == "cpu" and checkpointing:
+        cpu_compute.fp32_matmuls(model)  # bf16 weights stay bf16 in memory (see cpu_compute)
     if lora and not spec.base.init_adapter:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(
             r=spec.lora_rank, lora_alpha=LORA_ALPHA_PER_RANK * spec.lora_rank, target_modules=linear_layer_names(model),
             lora_dropout=0.05, task_type="CAUSAL_LM"))
-    checkpointing = defaults["gradient_checkpointing"] and device != "cpu"
     if checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.to(device).train()
     bf16, compiled = fast_path(device, spec.precision, spec.compile)
     compiled = compiled and not checkpointing
+    weights = next(model.parameters()).dtype
+    bf16 = bf16 and weights == torch.float32  # a bf16 base (real Qwen on a GPU) needs no autocast
+    precision = "bf16 autocast" if bf16 else str(weights).removeprefix("torch.")
 
     def autocast():
         return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -408,7 +446,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         csv.writer(handle).writerow(StepMetrics.model_fields)
     reporter.event(f"Training: {hyper.n_epochs} epochs x {steps_per_epoch} steps, batch {hyper.batch_size}, "
                    f"{'LoRA r=' + str(spec.lora_rank) if lora else 'full fine-tune'}, device {device}, "
-                   f"{'bf16 autocast' if bf16 else 'fp32'}{', compiled' if compiled else ''}")
+                   f"{precision}{', compiled' if compiled else ''}" + (", gradient checkpointing" if checkpointing else ""))
     checks = Checks(job_dir)
     started = time.perf_counter()
     step, seen, window, last_metrics, first_mark, last_mark = 0, 0, [], None, None, None
@@ -454,8 +492,9 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     if broken:  # a NaN between two logged steps: the loss looked fine, the weights are not
         raise Diverged(f"{len(broken)} trained weight tensors are not finite (first: {broken[0]}); {DIVERGED_HINT}")
     output_dir = Path(spec.output_dir)
-    model.save_pretrained(str(output_dir))  # PEFT saves only the adapter
-    tokenizer.save_pretrained(str(output_dir))  # the inference template, as the base ships it
+    # PEFT saves only the adapter; the tokenizer carries the inference template, as the base ships it
+    save_or_fail("fine-tuned " + ("adapter" if lora else "model"), output_dir, lambda folder: save_weights(model, folder),
+                 tokenizer.save_pretrained)
     trained_tokens = seen
     steady = (last_mark[1] - first_mark[1]) / (last_mark[0] - first_mark[0]) if last_mark[0] > first_mark[0] else 0
     reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
@@ -471,8 +510,7 @@ def save_checkpoint(model, tokenizer, job_dir: Path, step: int, metrics: StepMet
         raise Diverged(f"{len(broken)} trained weight tensors are not finite at step {step} "
                        f"(first: {broken[0]}); {DIVERGED_HINT}")
     folder = job_dir / "checkpoints" / f"step-{step}"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_or_fail(f"checkpoint of step {step}", folder, lambda path: save_weights(model, path), tokenizer.save_pretrained)
     reporter.send(WorkerCheckpoint(step=step, path=str(folder), metrics=metrics))
 
 

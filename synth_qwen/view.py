@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -29,18 +30,20 @@ from urllib.parse import quote, urlencode
 import jinja2
 import sqlalchemy as sa
 from aiohttp import web
+from markupsafe import Markup
 
-from synth_qwen import metrics, run_stats, stats, tracing
+from synth_qwen import access, metrics, run_stats, stats, tracing
 from synth_qwen.settings import ViewSettings, exit_usage, load, redact
-from synth_qwen.tracing import LMEvent, Message, Step, session_traces as st
-from synth_qwen.view_frames import Frames, ReplayDiverged
-from synth_qwen.view_queries import (SORTS, Episode, SftMarks, distinct, episode_rows, load_episode, pair_count,
-                                     paired_achievements, pairs_page, run_episodes, run_exists, runs)
+from synth_qwen.tracing import LMEvent, Message, Session, Step, session_traces as st
+from synth_qwen.view_frames import Frames, Lru, ReplayDiverged
+from synth_qwen.view_queries import (SORTS, Episode, SftMarks, distinct, episode_rows, load_episode, load_session,
+                                     pair_count, paired_achievements, pairs_page, run_episodes, run_exists, runs)
 
 PAGE_SIZE = 50  # episodes per page; ?per= changes it up to MAX_PAGE_SIZE
 MAX_PAGE_SIZE = 500
 PLAYER_FPS = 8
 INVALID_FEEDBACK = "Your previous reply was invalid"  # how rollout's feedback line starts
+BLOCKS_KEPT = 32  # finished episodes whose rendered turns are kept (a 300-turn episode's are about 0.6 MB)
 TEMPLATES = Path(__file__).with_name("templates")
 
 
@@ -90,6 +93,9 @@ TEMPLATE_ENV = jinja2.Environment(
     finalize=lambda value: "" if value is None else value, auto_reload=False)  # None shows as nothing
 TEMPLATE_ENV.filters.update(fmt=format, number=number, cost=cost_text)
 TEMPLATE_ENV.globals.update(url=url, run_url=run_url, episode_url=episode_url)
+# every template compiled at start (a few tenths of a second) rather than in some page's first fetch
+COMPILED = {name: TEMPLATE_ENV.get_template(name) for name in TEMPLATE_ENV.list_templates()}
+EPISODE_BLOCK = COMPILED["episode_block.html"]  # its macro's output is what Blocks keeps
 
 
 def page(template: str, title: str, script: bool = False, **values) -> web.Response:
@@ -284,13 +290,38 @@ def episode_view(episode: Episode, marks: SftMarks) -> EpisodeView:
     return EpisodeView(s, turns, len(episode.steps))
 
 
-def episode_page(engine: sa.Engine, marks: SftMarks, session_id: str) -> web.Response:
-    marks.refresh()
-    found = load_episode(engine, session_id)
-    if found is None:
-        raise web.HTTPNotFound(text=f"no episode {session_id!r} in this trace DB")
-    return page("episode.html", f"episode {found.session.session_id}", script=True,
-                episode=episode_view(found, marks))
+class Blocks:
+    """An episode's block (header, turns, player) as rendered HTML. A finished episode never changes
+    (it is written in one transaction when it ends), so its block is rendered once per SFT marks file
+    and kept: a 300-turn block takes ~60 ms to read and render, a kept one nothing. Its session row is
+    read every time and must equal the kept one's (the DB file may have been replaced)."""
+
+    def __init__(self, engine: sa.Engine, marks: SftMarks):
+        self.engine, self.marks = engine, marks
+        self.lock = threading.Lock()
+        self.kept = Lru(BLOCKS_KEPT)
+
+    def block(self, session_id: str, prefix: str = "") -> tuple[Session, Markup]:
+        self.marks.refresh()
+        session = load_session(self.engine, session_id)
+        if session is None:
+            raise web.HTTPNotFound(text=f"no episode {session_id!r} in this trace DB")
+        key = (session_id, prefix, self.marks.mtime)  # read before the marks are: never newer than them
+        with self.lock:
+            kept = self.kept.hit(key)
+        if kept is not None and kept[0] == session:
+            return kept
+        html = EPISODE_BLOCK.module.episode_block(episode_view(load_episode(self.engine, session), self.marks),
+                                                  prefix)
+        if session.finished:
+            with self.lock:
+                self.kept.put(key, (session, html))
+        return session, html
+
+
+def episode_page(blocks: Blocks, session_id: str) -> web.Response:
+    session, block = blocks.block(session_id)
+    return page("episode.html", f"episode {session.session_id}", script=True, block=block)
 
 
 def compare_page(engine: sa.Engine, query) -> web.Response:
@@ -316,23 +347,22 @@ def compare_page(engine: sa.Engine, query) -> web.Response:
                 paging=paging, rows=pairs_page(engine, run_a, run_b, sort, page_number, per))
 
 
-def pair_page(engine: sa.Engine, marks: SftMarks, query) -> web.Response:
-    marks.refresh()
-    found = [load_episode(engine, query.get(side, "")) for side in ("a", "b")]
-    if None in found:
-        raise web.HTTPNotFound(text="pair needs two session ids: /pair?a=SESSION&b=SESSION")
+def pair_page(blocks: Blocks, query) -> web.Response:
+    try:
+        columns = [(label, *blocks.block(query.get(side, ""), label + "-")) for label, side in zip("AB", "ab")]
+    except web.HTTPNotFound:
+        raise web.HTTPNotFound(text="pair needs two session ids: /pair?a=SESSION&b=SESSION") from None
     try:
         turn = int(query.get("turn", 0))
     except ValueError:
         raise web.HTTPBadRequest(text="turn is a whole number") from None
-    return page("pair.html", f"seed {found[0].session.seed}: side by side", script=True, turn=turn,
-                columns=[(label, episode_view(episode, marks)) for label, episode in zip("AB", found)])
+    return page("pair.html", f"seed {columns[0][1].seed}: side by side", script=True, turn=turn, columns=columns)
 
 
 # ---------------------------------------------------------------------------------------
 # The server
 
-def routes(engine: sa.Engine, marks: SftMarks, frames: Frames) -> web.RouteTableDef:
+def routes(engine: sa.Engine, blocks: Blocks, frames: Frames) -> web.RouteTableDef:
     table = web.RouteTableDef()
 
     async def run_sync(fn, *args):  # the DB and the replays block: keep the event loop free
@@ -348,7 +378,7 @@ def routes(engine: sa.Engine, marks: SftMarks, frames: Frames) -> web.RouteTable
 
     @table.get("/episode/{session_id}")
     async def episode(request):
-        return await run_sync(episode_page, engine, marks, request.match_info["session_id"])
+        return await run_sync(episode_page, blocks, request.match_info["session_id"])
 
     @table.get("/episode/{session_id}/frame/{step:\\d+}.png")
     async def frame(request):
@@ -374,7 +404,7 @@ def routes(engine: sa.Engine, marks: SftMarks, frames: Frames) -> web.RouteTable
     async def request_json(request):
         session_id, turn = request.match_info["session_id"], int(request.match_info["turn"])
         bodies = dict(await run_sync(lambda: list(tracing.rebuild_requests(engine, session_id))
-                                     if load_episode(engine, session_id) else []))
+                                     if load_session(engine, session_id) else []))
         if turn not in bodies:
             raise web.HTTPNotFound(text=f"no call on turn {turn} of episode {session_id!r}")
         return web.json_response(bodies[turn], dumps=lambda body: json.dumps(body, indent=2))
@@ -385,25 +415,25 @@ def routes(engine: sa.Engine, marks: SftMarks, frames: Frames) -> web.RouteTable
 
     @table.get("/pair")
     async def pair(request):
-        return await run_sync(pair_page, engine, marks, request.query)
+        return await run_sync(pair_page, blocks, request.query)
 
     return table
 
 
-def app(engine: sa.Engine, sft_jsonl: Path | None = None) -> web.Application:
-    application = web.Application()
-    application.add_routes(routes(engine, SftMarks(sft_jsonl), Frames(engine)))
+def app(engine: sa.Engine, sft_jsonl: Path | None = None, api_key: str | None = None) -> web.Application:
+    application = web.Application(middlewares=access.view_middlewares(api_key))
+    application.add_routes(routes(engine, Blocks(engine, SftMarks(sft_jsonl)), Frames(engine)))
     return application
 
 
 async def serve(s: ViewSettings, engine: sa.Engine) -> None:
-    runner = web.AppRunner(app(engine, s.view_sft_jsonl), access_log=None)
+    runner = web.AppRunner(app(engine, s.view_sft_jsonl, s.view_api_key), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, s.view_host, s.view_port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    print(f"view: http://{s.view_host}:{port}/ (trace DB {redact(s.crafter_db_url)}, read-only; Ctrl-C stops)",
-          flush=True)
+    print(f"view: http://{s.view_host}:{port}/ (trace DB {redact(s.crafter_db_url)}, read-only; Ctrl-C stops)"
+          + ("; key required: add ?key=<VIEW_API_KEY> once" if s.view_api_key else ""), flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -412,6 +442,7 @@ async def serve(s: ViewSettings, engine: sa.Engine) -> None:
 
 def main() -> int:
     s = load(ViewSettings)
+    access.exposure_or_exit(access.VIEW, s.view_host, s.view_api_key, s.view_allow_no_auth)
     if s.view_sft_jsonl is not None and not s.view_sft_jsonl.is_file():
         exit_usage(f"VIEW_SFT_JSONL={str(s.view_sft_jsonl)!r} is not a file (write one with python -m "
                    f"synth_qwen.filter_traces, or leave it unset)")

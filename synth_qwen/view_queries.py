@@ -90,14 +90,18 @@ class Episode:
     steps: list[Step]
 
 
-def load_episode(engine: sa.Engine, session_id: str) -> Episode | None:
+def load_session(engine: sa.Engine, session_id: str) -> Session | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(st).where(st.c.session_id == session_id)).first()
-        if row is None:
-            return None
-        return Episode(Session.from_row(row._mapping), tracing.session_turn_messages(conn, session_id),
-                       {e.turn: e for e in tracing.session_events(conn, session_id)},
-                       tracing.session_steps(conn, session_id))
+    return None if row is None else Session.from_row(row._mapping)
+
+
+def load_episode(engine: sa.Engine, session: Session) -> Episode:
+    """The rest of the episode whose row `session` is."""
+    with engine.connect() as conn:
+        return Episode(session, tracing.session_turn_messages(conn, session.session_id),
+                       {e.turn: e for e in tracing.session_events(conn, session.session_id)},
+                       tracing.session_steps(conn, session.session_id))
 
 
 def same_seeds(run_b: str):
@@ -144,7 +148,7 @@ class SftMarks:
     def refresh(self) -> None:
         if self.path is None or not self.path.exists() or self.path.stat().st_mtime == self.mtime:
             return
-        self.mtime = self.path.stat().st_mtime
+        mtime = self.path.stat().st_mtime
         turns, whole = {}, set()
         with self.path.open() as lines:
             for line in lines:
@@ -158,6 +162,7 @@ class SftMarks:
                 else:  # episode mode: the whole conversation is one example
                     whole.add(meta["session_id"])
         self.turns, self.whole = turns, whole
+        self.mtime = mtime  # last: whoever sees the new mtime (view's cache key) sees the new marks
 
     def mark(self, session_id: str, turn: int) -> str | None:
         if session_id in self.whole:

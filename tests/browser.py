@@ -153,3 +153,13 @@ class Browser:
 
 def in_ci() -> bool:
     return bool(os.environ.get("CI"))
+
+
+def need_chromium() -> None:
+    """Skip a browser test where Chromium is missing; in CI that is a failure."""
+    import pytest
+
+    if chromium_path() is None:
+        if in_ci():
+            pytest.fail("CI must run the browser tests: chromium is missing (scripts/ensure_chromium.sh installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium, or bash scripts/ensure_chromium.sh)")

@@ -26,6 +26,23 @@ def run_module(module: str, env: dict, cwd: Path, timeout: float = 300, args: li
                           text=True, timeout=timeout)
 
 
+FILE_SIZE_CAPPED = """
+import resource, runpy, sys
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: a write past it fails (EFBIG)
+runpy.run_module(sys.argv.pop(1), run_name="__main__", alter_sys=True)
+"""
+
+
+def run_module_capped(module: str, file_bytes: int, env: dict, cwd: Path, timeout: float = 300,
+                      args: list[str] = ()) -> subprocess.CompletedProcess:
+    """run_module, but no file the process writes may grow past `file_bytes` (RLIMIT_FSIZE): a write
+    past it fails with "File too large", as one on a full disk fails with "No space left on device"."""
+    return subprocess.run([sys.executable, "-c", FILE_SIZE_CAPPED, str(file_bytes), module, *args],
+                          env={**env, "PYTHONDONTWRITEBYTECODE": "1"}, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def db_sessions(db_path: Path) -> list[tracing.Session]:
     engine = tracing.open_db(f"sqlite:///{db_path}", create=False)
     try:

@@ -28,8 +28,9 @@ def free_port() -> int:
 class Server:
     """`python -m synth_qwen.serve` in a subprocess on a free port; `restart()` keeps the data dir."""
 
-    def __init__(self, data_dir: Path, **env):
+    def __init__(self, data_dir: Path, file_size_limit: int | None = None, **env):
         self.data_dir = Path(data_dir)
+        self.file_size_limit = file_size_limit  # bytes no file of serve or its workers may grow past
         self.env = {key.upper(): str(value) for key, value in env.items()}
         self.process = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
@@ -40,7 +41,7 @@ class Server:
                "SERVE_HOST": "127.0.0.1", **self.env}
         log = open(self.log_path, "a")
         self.process = subprocess.Popen([sys.executable, "-m", "synth_qwen.serve"], cwd=REPO, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT)
+                                        stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.cap_file_size)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -51,6 +52,14 @@ class Server:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"serve did not start: {self.log()}")
+
+    def cap_file_size(self) -> None:
+        """RLIMIT_FSIZE (Python ignores SIGXFSZ): a write past the limit fails with "File too large", as
+        one on a full disk fails with "No space left on device"."""
+        if self.file_size_limit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
 
     @property
     def url(self) -> str:

@@ -50,3 +50,23 @@ def test_a_writer_given_a_temp_name_replaces_the_target_only_when_it_finishes(tm
         temp.write_bytes(b"new")
         assert target.read_bytes() == b"old"  # not until the block ends
     assert target.read_bytes() == b"new" and [path.name for path in tmp_path.iterdir()] == ["replay.gif"]
+
+
+@pytest.fixture
+def file_size_cap():
+    """No file this process writes may grow past 64 bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a
+    write past it fails with "File too large", as on a full disk); lifted again afterwards."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temp_file(tmp_path, file_size_cap):
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match="File too large"):  # the flush fails, then the close's flush again
+        write_text_atomic(target, "x" * 100)
+    assert target.read_text() == "old" and [path.name for path in tmp_path.iterdir()] == ["state.json"]

@@ -97,6 +97,9 @@ CASES = [  # (module, arguments, environment, fixtures, exit status, words the l
     ("serve", [], {"SERVE_DATA_DIR": UNWRITABLE}, [], 2, "SERVE_DATA_DIR='/sys/synth_qwen_test/out' is invalid: cannot write in /sys"),
     ("serve", [], {"SERVE_HOST": "no-such-host.invalid", "SERVE_PORT": "0"}, [], 2, "SERVE_HOST='no-such-host.invalid' is invalid: the name does not resolve"),
     ("serve", [], {"SERVE_MODELS_DIR": "models"}, [], 2, "SERVE_MODELS_DIR='models' is invalid: no such folder"),
+    ("serve", [], {"SERVE_HOST": "0.0.0.0", "SERVE_PORT": "0"}, [], 2, "SERVE_HOST='0.0.0.0' is reachable from other machines and SERVE_API_KEY is not set"),
+    # view
+    ("view", [], {"VIEW_HOST": "0.0.0.0", "VIEW_PORT": "0", "CRAFTER_DB_URL": "traces.db"}, ["db"], 2, "VIEW_HOST='0.0.0.0' is reachable from other machines and VIEW_API_KEY is not set"),
     # world_stats, rounds
     ("world_stats", [], {}, ["latin1 .env"], 2, ".env is not UTF-8 text"),
     ("rounds", [], {"ROUNDS_DIR": "notes.db"}, ["text"], 2, "ROUNDS_DIR='notes.db' is invalid: it is a file"),
@@ -105,7 +108,7 @@ CASES = [  # (module, arguments, environment, fixtures, exit status, words the l
 ]
 
 OURS = ("CRAFTER_", "EVAL_", "SFT_", "QWEN_", "SERVE_", "REPLAY_", "FILTER_", "ROUNDS", "OPENAI_", "SYNTH_",
-        "LEARNING_", "OUTPUT_JSONL", "MIN_", "MAX_", "MODELS", "REQUIRED_", "WORLD_STATS")
+        "LEARNING_", "OUTPUT_JSONL", "MIN_", "MAX_", "MODELS", "REQUIRED_", "WORLD_STATS", "VIEW_")
 
 
 def folder_state(folder: Path) -> dict:

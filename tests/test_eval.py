@@ -9,7 +9,7 @@ import pytest
 
 from synth_qwen import replay, tracing
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
-from rollout_helpers import db_sessions, rollout_env, run_module
+from rollout_helpers import db_sessions, rollout_env, run_module, run_module_capped
 
 SEEDS = [100000, 100001, 100002]
 # The three verdicts eval can give (eval.verdict), each identified by words only it uses.
@@ -109,6 +109,22 @@ def test_eval_run_ids_reports_without_playing_and_without_matplotlib(evaluated, 
     assert again["comparisons"][0]["sentence"] == original["comparisons"][0]["sentence"]
     assert not (tmp_path / "again" / "achievements.png").exists()
     assert "pip install 'synth_qwen[plot]'" in (tmp_path / "again" / "report.md").read_text()
+
+
+def test_a_report_the_disk_refuses_is_one_line_no_partial_file_and_a_rerun_writes_it(evaluated, tmp_path):
+    """No file may grow past 48 KB (RLIMIT_FSIZE; the DB's 32 KB -shm fits): the 80 KB chart cannot be
+    written, as on a full disk."""
+    first_dir, _ = evaluated
+    env = rollout_env(first_dir, eval_run_ids="ev1", eval_report_dir=tmp_path / "r", eval_replays=0)
+    full = run_module_capped("synth_qwen.eval", 48 << 10, env, tmp_path)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert full.stderr.splitlines()[-1] == (
+        f"error: cannot write the report in EVAL_REPORT_DIR={tmp_path / 'r'} (File too large): the episodes are safe "
+        'in the trace DB; free space, then write it with: EVAL_RUN_IDS="ev1" python -m synth_qwen.eval   (same settings)')
+    assert list((tmp_path / "r").iterdir()) == []  # no half chart, no half report
+    again = run_module("synth_qwen.eval", env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["models"]
 
 
 def test_a_model_worse_than_its_baseline_is_called_worse(evaluated, tmp_path):

@@ -14,7 +14,7 @@ from synth_qwen import filter_traces, tracing
 from synth_qwen.progress import play
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from synth_qwen.settings import FilterSettings, RolloutSettings
-from rollout_helpers import REPO, db_sessions, rollout_env, run_module
+from rollout_helpers import REPO, db_sessions, rollout_env, run_module, run_module_capped
 
 FILTER_ENV = [name.upper() for name in FilterSettings.model_fields]
 OPEN = ["--min-total-reward", "-1000", "--max-cost", "none", "--max-tokens", "none"]  # every finished episode
@@ -407,6 +407,23 @@ def test_a_kill_mid_write_leaves_the_old_file_whole_and_no_partial_output(tmp_pa
     report = json.loads(done.stdout)
     assert done.returncode == 0 and report["examples_written"] == len(read_jsonl(out)) == 200
     assert out.stat().st_size > LIMIT  # the whole new file, every line valid JSON
+
+
+def test_a_full_disk_mid_write_is_one_line_and_leaves_no_partial_output(tmp_path):
+    """No file may grow past LIMIT bytes (RLIMIT_FSIZE, the signal ignored as Python does): the write
+    fails as on a full disk. One line, exit 1, the old file whole, no hidden temp file left."""
+    db = tmp_path / "big.db"
+    load_bench().build_db(db, 1, 10, 20)
+    out = tmp_path / "sft.jsonl"
+    out.write_text("old\n")
+    environ = {k: v for k, v in os.environ.items() if k not in FILTER_ENV}
+    environ.update(PYTHONPATH=str(REPO))
+    full = run_module_capped("synth_qwen.filter_traces", LIMIT, environ, tmp_path, args=["-d", str(db), "-o", str(out), *OPEN])
+    assert full.returncode == 1 and full.stderr.strip() == (
+        f"error: cannot write the output (File too large): nothing was written ({out} is as it was); free space, "
+        "then rerun the same command"), full.stderr
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("big.db")) == ["sft.jsonl"]
 
 
 def test_an_unwritable_output_is_refused_before_reading(mixed_db, tmp_path):

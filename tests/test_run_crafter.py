@@ -10,7 +10,7 @@ import pytest
 
 from synth_qwen import action_schema, tracing
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
-from rollout_helpers import count_rows, db_sessions, rollout_env, run_module, wait_until_finished
+from rollout_helpers import count_rows, db_sessions, rollout_env, run_module, run_module_capped, wait_until_finished
 
 
 def run(tmp_path, endpoint=None, **values):
@@ -235,6 +235,28 @@ def test_ctrl_c_keeps_finished_episodes_and_prints_how_to_resume(tmp_path):
     assert hint in stderr.splitlines()  # one whole line, not wrapped at 80 columns
     statuses = [s.status for s in db_sessions(db)]
     assert statuses.count("incomplete") >= 1 and len(statuses) - statuses.count("incomplete") >= 2
+
+
+def test_a_full_disk_is_one_line_with_the_resume_command_and_the_resume_finishes_the_run(tmp_path):
+    """No file may grow past 1 MB (RLIMIT_FSIZE): the trace DB's next write fails a few episodes in,
+    as on a full disk. One line says so and how to go on; that command, with room, plays the rest."""
+    db = tmp_path / "traces.db"
+    env = rollout_env(tmp_path, crafter_model="builtin:random", crafter_episodes=12, crafter_max_steps=30,
+                      crafter_run_id="full-disk", crafter_lease_s=1)
+    full = run_module_capped("synth_qwen.run_crafter", 1 << 20, env, tmp_path)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    [line] = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: the trace DB could not be written (disk I/O error): finished episodes are safe; "
+                           "free space, then resume with: CRAFTER_RUN_ID=full-disk python -m synth_qwen.run_crafter")
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finished = {s.session_id for s in db_sessions(db) if s.status != "incomplete"}
+    assert 1 <= len(finished) < 12
+
+    again = run_module("synth_qwen.run_crafter", env, tmp_path)  # the printed command, with room to write
+    assert again.returncode == 0, again.stderr
+    after = db_sessions(db)
+    assert sorted(s.seed for s in after) == list(range(1, 13)) and all(s.status != "incomplete" for s in after)
+    assert finished <= {s.session_id for s in after}  # kept, not replayed
 
 
 @pytest.mark.parametrize("name,value,expected", [

@@ -16,6 +16,7 @@ from openai import OpenAI
 
 from synth_qwen.tiny_model import TINY_MODEL_ID
 from serve_helpers import Server, crafter_examples, http, wait_for, wait_for_job, write_jsonl
+from synth_qwen.inference_worker import RELEASED
 from synth_qwen.sft_format import MIN_EXAMPLES
 
 pytestmark = pytest.mark.timeout(300)
@@ -95,6 +96,24 @@ def test_training_job_produces_a_model_that_answers(client, trained_job):
     assert choice.finish_reason == "length" and reply.usage.completion_tokens == 8
     assert reply.usage.prompt_tokens > 100
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_a_training_job_frees_the_inference_workers_models(client, server, tmp_path):
+    """Never two processes holding a base model (Qwen3-4B: 8 GB each): a job's start empties the
+    inference worker, whose next chat loads the model again."""
+    example = crafter_examples(2, seed=5)[-1]
+
+    def ask():
+        return client.chat.completions.create(model=TINY, messages=example["messages"][:-1], max_tokens=2)
+    ask()
+    log = server.data_dir / "inference_worker.log"
+    before = log.read_text().count(RELEASED)
+    job = client.fine_tuning.jobs.create(model=TINY, method=ONE_EPOCH,
+                                         training_file=upload(client, tmp_path, crafter_examples(MIN_EXAMPLES)).id)
+    wait_for(lambda: log.read_text().count(RELEASED) > before)
+    assert log.read_text().rsplit(RELEASED, 1)[-1].startswith(" 1 models")  # the tiny model it had loaded
+    assert wait_for_job(client, job.id).status == "succeeded"
+    assert ask().usage.completion_tokens >= 1
 
 
 def test_job_listing_pages_with_a_cursor(client, trained_job, tmp_path):

@@ -7,7 +7,7 @@ import openai
 import pytest
 from aiohttp import ClientSession, web
 
-from rollout_helpers import rollout_env, run_module
+from rollout_helpers import rollout_env, run_module, run_module_capped
 from synth_qwen import sft_kickoff
 from synth_qwen.settings import KickoffSettings, load
 from synth_qwen.tiny_model import TINY_MODEL_ID
@@ -98,6 +98,27 @@ def test_resume_with_job_id_and_failed_job_exits_1_with_the_service_message(tmp_
     done = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_job_id=job.id)
     assert done.returncode == 1
     assert f"error: job {job.id} failed" in done.stdout and "line 12" in done.stdout
+
+
+def test_a_state_file_the_disk_refuses_is_one_line_with_what_to_run_next(tmp_path, server, training_jsonl):
+    """No file may grow past 16 bytes (RLIMIT_FSIZE): the state file cannot be written, as on a full disk."""
+    state = tmp_path / "state.json"
+    settings = dict(learning_v2_base_url=server.url + "/api", synth_api_key="sk_live_test", qwen_base_model=TINY,
+                    qwen_training_jsonl=training_jsonl, sft_poll_interval_s=0.3, sft_state_file=state)
+    before = run_module_capped("synth_qwen.sft_kickoff", 16, rollout_env(tmp_path, **settings), tmp_path)
+    assert before.returncode == 1 and "Traceback" not in before.stderr, before.stderr
+    assert before.stdout.splitlines()[-1] == (f"error: cannot write the state file SFT_STATE_FILE={state} (File too "
+                                              "large): no job was started; free space, then rerun the same command")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x")
+    job = client.fine_tuning.jobs.create(model=TINY, training_file=client.files.create(
+        file=open(training_jsonl, "rb"), purpose="fine-tune").id, hyperparameters={"n_epochs": 1})
+    following = run_module_capped("synth_qwen.sft_kickoff", 16, rollout_env(tmp_path, **settings, sft_job_id=job.id),
+                                  tmp_path)
+    assert following.returncode == 1 and "Traceback" not in following.stderr, following.stderr
+    assert following.stdout.splitlines()[-1] == (
+        f"error: cannot write the state file SFT_STATE_FILE={state} (File too large): job {job.id} is on the service "
+        f"and goes on; free space, then follow it with: SFT_JOB_ID={job.id} python -m synth_qwen.sft_kickoff")
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith((".", "state"))] == []  # no half file
 
 
 def test_local_validation_names_the_line(tmp_path, server):

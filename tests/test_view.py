@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import sqlite3
 import uuid
 from html.parser import HTMLParser
 
@@ -164,6 +165,34 @@ def test_turns_that_became_training_examples_are_marked(site):
         for turn_html in re.findall(r"<div class='turn' id='turn-(\d+)'.*?<h3>(.*?)</h3>", html, re.S):
             turn, head = int(turn_html[0]), turn_html[1]
             assert ("SFT example" in head) == ((s.session_id, turn) in marked), (run_id, turn)
+
+
+def without_nonce(html):
+    return re.sub(r"nonce='[^']+'", "", html)
+
+
+def test_a_kept_episode_page_follows_the_sft_file_and_its_session_row(site, tmp_path):
+    """A finished episode's block is rendered once and kept: a changed SFT file or session row still shows."""
+    db = tmp_path / "traces.db"
+    with sqlite3.connect(f"file:{site.db}?mode=ro", uri=True) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)  # a copy to change (read-only: site.db stays as it was)
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("")
+    s, other = session(site, "exp", 4), session(site, "rand", 4)
+    paths = (f"/episode/{s.session_id}", f"/pair?a={s.session_id}&b={other.session_id}")
+    with ViewServer(f"sqlite:///{db}", tmp_path / "view.log", view_sft_jsonl=sft) as server:
+        unmarked = [without_nonce(server.text(path)) for path in paths]
+        assert [without_nonce(server.text(path)) for path in paths] == unmarked  # kept: the same page
+        assert not any("SFT example" in html for html in unmarked)
+        sft.write_text((site.folder / "sft.jsonl").read_text())
+        os.utime(sft, ns=(sft.stat().st_atime_ns, sft.stat().st_mtime_ns + 10**9))  # a new mtime, surely
+        marked = [without_nonce(server.text(path)) for path in paths]
+        assert marked == [without_nonce(site.text(path)) for path in paths]  # as a fresh server renders it
+        assert all("SFT example" in html for html in marked)
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE session_traces SET status_reason = 'changed under the view' WHERE session_id = ?",
+                         (s.session_id,))
+        assert all("(changed under the view)" in server.text(path) for path in paths)
 
 
 def test_every_model_written_string_is_escaped(site):
