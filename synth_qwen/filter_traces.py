@@ -10,8 +10,10 @@ Settings (settings.py) come from CLI flags > environment > .env > the `[filter]`
 turn (`messages` = exactly the request sent on that call + the reply; history replies weight 0) or,
 in `episode` mode, one per episode whose every call saw the whole episode so far. With
 FILTER_RELABEL a teacher's reply in the student's exact state replaces the student's on every
-turn (DAgger, relabel.py). Examples are validated (sft_format), deduplicated, split by seed, and
-written to temp files renamed at the end.
+turn (DAgger, relabel.py). With FILTER_FORMAT=dpo (and FILTER_RELABEL) each turn where the teacher
+would act otherwise becomes a preference pair instead: the student's exact request, the teacher's
+reply preferred over the student's own. Examples are validated (sft_format), deduplicated, split by
+seed, and written to temp files renamed at the end.
 
 Exit 0 when examples were written (or would be, with --dry-run); 1 when the DB is missing or
 unreadable, its PostgreSQL server cannot be reached, or nothing passes (the funnel says where it all
@@ -33,7 +35,7 @@ import sqlalchemy as sa
 from synth_qwen import preflight, qwen_format, tracing
 from synth_qwen.atomic_file import AtomicFile
 from synth_qwen.settings import FilterSettings, load, redact
-from synth_qwen.sft_format import MIN_EXAMPLES, validate_example
+from synth_qwen.sft_format import MIN_EXAMPLES, VALIDATORS, preference_pair
 from synth_qwen.tracing import LMEvent, Message, Session, Step
 from synth_qwen.write_errors import write_failure
 
@@ -129,10 +131,10 @@ def turn_examples(session: Session, by_turn: dict, events: list[LMEvent], skippe
         yield training_example(session, messages), example_metadata(session, turn=turn), event
 
 
-def relabelled_examples(session: Session, by_turn: dict, events: list[LMEvent], steps: list[Step], f: Funnel):
-    """(example, metadata, event) per turn: the request the student sent, then the teacher's reply
-    in that state. Invalid turns and a failed last call count too: their state is known. A session
-    whose replay diverges from its trace gives nothing."""
+def teacher_turns(session: Session, by_turn: dict, events: list[LMEvent], steps: list[Step], f: Funnel):
+    """(teacher turn, its event) per turn of the session, counted in the funnel. Invalid turns and a
+    failed last call count too: their state is known. A session whose replay diverges from its
+    trace gives nothing."""
     from synth_qwen import relabel  # imports Crafter and the OpenAI SDK (~1 s): only when relabelling
     replies, divergence = relabel.teacher_replies(session, events, by_turn, steps)
     if divergence:
@@ -143,10 +145,36 @@ def relabelled_examples(session: Session, by_turn: dict, events: list[LMEvent], 
     for teacher in replies:
         f.relabelled_turns += 1
         f.relabelled_differently += teacher.differs
-        event = event_of[teacher.turn]
+        yield teacher, event_of[teacher.turn]
+
+
+def relabelled_examples(session: Session, by_turn: dict, events: list[LMEvent], steps: list[Step], f: Funnel):
+    """(example, metadata, event) per turn: the request the student sent, then the teacher's reply
+    in that state."""
+    for teacher, event in teacher_turns(session, by_turn, events, steps, f):
         messages = turn_request(session, by_turn, event) + [teacher.reply]
         metadata = dict(example_metadata(session, turn=teacher.turn), relabelled_by=f.relabelled_by)
         yield training_example(session, messages), metadata, event
+
+
+def preference_pairs(session: Session, by_turn: dict, events: list[LMEvent], steps: list[Step], f: Funnel):
+    """(pair, metadata, event) per turn where the teacher would act otherwise than the student did:
+    input = exactly the request the student's endpoint received, preferred = the teacher's reply in
+    that state, non-preferred = the student's own reply (an invalid one too: it is worse than the
+    teacher's). A turn whose call failed has no reply to prefer against."""
+    for teacher, event in teacher_turns(session, by_turn, events, steps, f):
+        if teacher.agrees:
+            f.pair_agreements += 1
+            continue
+        reason = skip_reason(event, by_turn.get(teacher.turn, []))
+        if reason and reason != "invalid reply":
+            f.turns_skipped[reason] += 1
+            continue
+        f.pairs_built += 1
+        request = tracing.request_messages(session.system_prompt, by_turn, event.turn, event.history_turns or [])
+        pair = {"input": training_example(session, request), "preferred_output": [teacher.reply],
+                "non_preferred_output": [by_turn[teacher.turn][1].api()]}
+        yield pair, dict(example_metadata(session, turn=teacher.turn), relabelled_by=f.relabelled_by), event
 
 
 def episode_example(session: Session, by_turn: dict, events: list[LMEvent], skipped: Counter):
@@ -181,7 +209,13 @@ def shape_reasoning(reply: dict, style: str) -> dict:
     if reply.get("tool_calls"):
         calls = []
         for call in reply["tool_calls"]:
-            arguments = json.loads(call["function"]["arguments"])
+            try:
+                arguments = json.loads(call["function"]["arguments"])
+            except ValueError:  # a student's broken call (a non-preferred answer): left as it was
+                arguments = None
+            if not isinstance(arguments, dict):
+                calls.append(call)
+                continue
             reasoning = shaped(str(arguments.pop("reasoning", "")))
             arguments = {"reasoning": reasoning, **arguments} if reasoning else arguments
             calls.append({**call, "function": {**call["function"], "arguments": json.dumps(arguments)}})
@@ -193,10 +227,17 @@ def shape_reasoning(reply: dict, style: str) -> dict:
     return {**reply, "content": (f"{reasoning}\n" if reasoning else "") + marker + actions}
 
 
+def example_messages(example: dict) -> list[dict]:
+    """Every message of a chat example or of a preference pair, in order."""
+    if "messages" in example:
+        return example["messages"]
+    return example["input"]["messages"] + example["preferred_output"] + example["non_preferred_output"]
+
+
 def dedup_key(body: str, example: dict) -> bytes:
     """Same messages and tools, whatever the tool call ids were (they are random per run):
     the serialized body with each call id replaced by its order of appearance."""
-    for index, call in enumerate(c for m in example["messages"] for c in m.get("tool_calls") or []):
+    for index, call in enumerate(c for m in example_messages(example) for c in m.get("tool_calls") or []):
         body = body.replace(json.dumps(call["id"]), f'"#{index}"')
     return hashlib.blake2b(body.encode(), digest_size=8).digest()
 
@@ -271,10 +312,13 @@ class Funnel:
     kept_achievements: Counter = field(default_factory=Counter)
     turns_skipped: Counter = field(default_factory=Counter)  # reason -> turns never used as targets
     relabelled_by: str | None = None  # FILTER_RELABEL's teacher
+    format: str = "sft"  # FILTER_FORMAT
     relabelled_turns: int = 0
     relabelled_differently: int = 0  # the student's turn was invalid or began with another action
     relabel_diverged: int = 0  # sessions whose replay did not reproduce the trace: skipped
     first_divergence: str | None = None
+    pair_agreements: int = 0  # dpo: turns where the student did exactly what the teacher would (no pair)
+    pairs_built: int = 0  # dpo: turns where they differ, before the token cap, validator and dedup
     episodes_skipped: Counter = field(default_factory=Counter)  # episode mode: reason -> episodes
     token_counter: str | None = None
     token_sources: Counter = field(default_factory=Counter)
@@ -314,7 +358,7 @@ def histogram(title: str, candidates: Counter, kept: Counter, width: int = 30) -
 
 def funnel_text(f: Funnel) -> str:
     row = "  {:<46} {:>8}"
-    lines = [f"filter_traces ({f.mode} mode{', dry run' if f.dry_run else ''}): {f.db}",
+    lines = [f"filter_traces ({f.mode} mode, {f.format}{', dry run' if f.dry_run else ''}): {f.db}",
              row.format("sessions in DB", f"{f.sessions_in_db:,}")]
     left = f.sessions_in_db
     for label, removed in f.removed.items():
@@ -329,6 +373,9 @@ def funnel_text(f: Funnel) -> str:
                      f"{f.relabelled_differently:,} answered differently from the student")
         lines.append(f"  sessions skipped, replay diverged from the trace: {f.relabel_diverged:,}"
                      + (f" (first: {f.first_divergence})" if f.first_divergence else ""))
+    if f.format == "dpo":
+        lines.append(f"  preference pairs: {f.relabelled_turns:,} turns, {f.pair_agreements:,} where the student "
+                     f"did what the teacher would (no pair), {f.pairs_built:,} pairs (teacher preferred)")
     if f.episodes_skipped:
         lines.append("  episodes skipped: " + ", ".join(f"{n:,} ({why})" for why, n in f.episodes_skipped.items()))
     if f.token_counter:
@@ -339,7 +386,7 @@ def funnel_text(f: Funnel) -> str:
         lines.append(f"  rejected by the validator: {f.rejected_invalid:,} (first: {f.first_invalid})")
     lines.append(row.format("duplicates dropped", f"{f.duplicates_dropped:,}"))
     verb = "would write" if f.dry_run else "written"
-    lines.append(row.format(f"examples {verb}", f"{f.examples_written:,}"))
+    lines.append(row.format(f"{'pairs' if f.format == 'dpo' else 'examples'} {verb}", f"{f.examples_written:,}"))
     lines.append(f"    train {f.train_examples:,} ({len(f.train_seeds):,} seeds) -> {f.output}")
     if f.validation_output:
         lines.append(f"    validation {f.validation_examples:,} ({len(f.validation_seeds):,} seeds) -> "
@@ -387,7 +434,8 @@ def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None,
             events = tracing.session_events(detail, session.session_id)
             if s.filter_relabel:
                 steps = tracing.session_steps(detail, session.session_id)
-                produced = relabelled_examples(session, by_turn, events, steps, f)
+                relabelled = preference_pairs if s.filter_format == "dpo" else relabelled_examples
+                produced = relabelled(session, by_turn, events, steps, f)
             elif s.filter_mode == "turn":
                 produced = turn_examples(session, by_turn, events, f.turns_skipped)
             else:
@@ -401,16 +449,18 @@ def build(engine: sa.Engine, s: FilterSettings, f: Funnel, writers: dict | None,
 
 def emit(example: dict, metadata: dict, event: LMEvent, s: FilterSettings, f: Funnel, writers, counter,
          seen: set) -> None:
-    """Shape, count, check, dedup, split and write one example."""
-    if s.filter_reasoning != "keep":
-        example["messages"][-1] = shape_reasoning(example["messages"][-1], s.filter_reasoning)
-    if counter:
-        tokens = counter.count(example, event)
+    """Shape, count, check, dedup, split and write one example (or preference pair)."""
+    dpo = s.filter_format == "dpo"
+    if s.filter_reasoning != "keep":  # a pair's two answers alike: the preference is about the actions
+        for replies in ([example["preferred_output"], example["non_preferred_output"]] if dpo else [example["messages"]]):
+            replies[-1] = shape_reasoning(replies[-1], s.filter_reasoning)
+    if counter:  # a pair: its longer side, as the trainer reads it
+        tokens = max(counter.count(side, event) for side in (preference_pair(example) if dpo else [example]))
         f.max_example_tokens_seen = max(f.max_example_tokens_seen, tokens)
         if tokens > s.filter_max_example_tokens:
             f.over_token_cap += 1
             return
-    problems = validate_example(example)
+    problems = VALIDATORS["dpo" if dpo else "supervised"](example)
     if problems:
         f.rejected_invalid += 1
         f.first_invalid = f.first_invalid or problems[0]
@@ -439,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     validation = s.validation_jsonl if s.filter_validation_fraction > 0 else None
     f = Funnel(db=redact(s.crafter_db_url), mode=s.filter_mode, output=str(s.output_jsonl),
                validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run,
-               relabelled_by=s.filter_relabel)
+               relabelled_by=s.filter_relabel, format=s.filter_format)
     outputs = {} if s.filter_dry_run else {"OUTPUT_JSONL": s.output_jsonl, "FILTER_VALIDATION_JSONL": validation}
     preflight.ready_or_exit(db=(s.crafter_db_url, False), files=outputs)
     try:

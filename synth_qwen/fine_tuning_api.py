@@ -10,11 +10,20 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 # Each hyperparameter is "auto" or a number in its range: (type, least, most). n_epochs and batch_size
 # follow OpenAI's limits; the multiplier's upper bound is ours: beyond 100x the base rate no job trains.
+# beta's range is ours too: DPO's KL weight; below 0.001 the reference stops mattering.
 HYPERPARAMETER_RANGES = {
     "n_epochs": (int, 1, 50),
     "batch_size": (int, 1, 256),
     "learning_rate_multiplier": (float, 1e-6, 100.0),
+    "beta": (float, 1e-3, 10.0),
 }
+# The fine-tuning methods served (`method.type`) and the hyperparameters each takes. OpenAI's third,
+# "reinforcement", needs graders this service does not have.
+METHOD_HYPERPARAMETERS = {
+    "supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
+    "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+}
+METHODS = tuple(METHOD_HYPERPARAMETERS)
 SEED_RANGE = (0, 2**32 - 1)
 
 

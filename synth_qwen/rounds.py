@@ -7,7 +7,10 @@ Round 0 fine-tunes the base model on the teacher's own episodes. Each later roun
 model play fresh *training* seeds with sampling, turns those traces into data — every turn
 relabelled by the teacher (DAgger), and/or the student's own best episodes (rejection sampling) —
 and fine-tunes again: the base model on all data so far (ROUNDS_INIT=base) or the newest model on
-the new data (previous). Every round is evaluated on the held-out seeds against builtin:random
+the new data (previous). ROUNDS_DATA=dpo makes each later round preference tuning instead, as ETO
+does: the student's turns where the teacher would act otherwise become pairs (the teacher's reply
+over the student's own, filter_traces FILTER_FORMAT=dpo) and a DPO job trains the previous
+round's model on them (whatever ROUNDS_INIT says). Every round is evaluated on the held-out seeds against builtin:random
 (paired) at the first of ROUNDS_EVAL_TEMPERATURES, the last round at each of them; the teacher is
 evaluated once as the ceiling.
 
@@ -107,13 +110,14 @@ class Rounds:
                       FILTER_VALIDATION_FRACTION=0)
         # Round 0: the teacher's episodes as played, or with DART noise, every state relabelled clean
         kinds = (["relabel"] if self.s.rounds_teacher_noise else ["teacher"]) if round_index == 0 else \
-            {"relabel": ["relabel"], "rejection": ["rejection"], "both": ["relabel", "rejection"]}[self.s.rounds_data]
+            {"relabel": ["relabel"], "rejection": ["rejection"], "both": ["relabel", "rejection"],
+             "dpo": ["dpo"]}[self.s.rounds_data]
         files = []
         for kind in kinds:
             path = self.dir / f"round{round_index}-{kind}.jsonl"
-            if kind == "relabel":  # every state the student reached, whatever it earned (DAgger)
+            if kind in ("relabel", "dpo"):  # every state the student reached, whatever it earned (DAgger)
                 run_module("filter_traces", OUTPUT_JSONL=path, FILTER_RELABEL=self.s.rounds_teacher,
-                           MIN_TOTAL_REWARD=-1e9, MIN_ACHIEVEMENTS=0,
+                           FILTER_FORMAT="dpo" if kind == "dpo" else "sft", MIN_TOTAL_REWARD=-1e9, MIN_ACHIEVEMENTS=0,
                            FILTER_STATUSES="completed died max_steps agent_error", **common)
             elif kind == "rejection":
                 try:
@@ -134,12 +138,17 @@ class Rounds:
         path = self.dir / f"round{round_index}-train.jsonl"
         lines = [line for file in files for line in file.read_text().splitlines() if line.strip()]
         write_text_atomic(path, "\n".join(lines) + "\n")
-        base = previous if (self.s.rounds_init == "previous" and previous) else self.s.qwen_base_model
+        dpo = self.dpo_round(round_index)
+        base = previous if ((self.s.rounds_init == "previous" or dpo) and previous) else self.s.qwen_base_model
         state = self.dir / f"round{round_index}.sft_state.json"
         run_module("sft_kickoff", QWEN_BASE_MODEL=base, QWEN_TRAINING_JSONL=path, SFT_STATE_FILE=state,
-                   SFT_SUFFIX=f"r{round_index}")
+                   SFT_SUFFIX=f"r{round_index}", SFT_METHOD="dpo" if dpo else "supervised")
         job = json.loads(state.read_text())
         return job["fine_tuned_model"], len(lines), job.get("trained_tokens")
+
+    def dpo_round(self, round_index: int) -> bool:
+        """Preference pairs and a DPO job from the previous model (round 0 is always SFT)."""
+        return self.s.rounds_data == "dpo" and round_index > 0
 
     def evaluate(self, round_index: int | str, models: list[str], temperatures: list[float]) -> dict:
         """report.json per temperature, every model paired with builtin:random on the same seeds."""
@@ -261,7 +270,7 @@ def main() -> int:
             run_id = rounds.play(round_index, player)
             new = rounds.data(round_index, run_id, player)
             datasets += new
-            files = new if (s.rounds_init == "previous" and model) else datasets
+            files = new if ((s.rounds_init == "previous" or rounds.dpo_round(round_index)) and model) else datasets
             model, examples, tokens = rounds.train(round_index, files, model)
             last = round_index == s.rounds - 1
             reports = rounds.evaluate(round_index, [model], s.rounds_eval_temperatures if last else headline)

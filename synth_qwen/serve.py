@@ -22,9 +22,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from synth_qwen import access, preflight, sft_format, train_worker, write_errors
+from synth_qwen import access, preflight, sft_format, train_dpo, train_worker, write_errors
 from synth_qwen.inference_worker import WORKER_ANSWER, ChatAnswer, ChatFailure, ChatRequest, ReleaseModels
-from synth_qwen.fine_tuning_api import ACTIVE_STATUSES, HYPERPARAMETER_RANGES, hyperparameter_problem, seed_problem
+from synth_qwen.fine_tuning_api import (ACTIVE_STATUSES, HYPERPARAMETER_RANGES, METHOD_HYPERPARAMETERS, METHODS,
+                                         hyperparameter_problem, seed_problem)
 from synth_qwen.serve_store import (BadId, FineTuningJob, Hyperparameters, JobError, ModelRecord, ModelSpec, Store,
                                     new_id, now, page)
 from synth_qwen.settings import ServeSettings, SettingsError, exit_usage, load
@@ -293,21 +294,30 @@ async def delete_file(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------------------
 # Fine-tuning jobs
 
-def requested_hyperparameters(body: dict) -> Hyperparameters:
-    """`hyperparameters` (deprecated form) overlaid by `method.supervised.hyperparameters`; checked."""
+def requested_method(body: dict) -> tuple[str, Hyperparameters, float | str | None]:
+    """(method.type, its hyperparameters, beta or None): `hyperparameters` (the deprecated form)
+    overlaid by `method.<type>.hyperparameters`; checked."""
     method = body.get("method") or {}
-    if not isinstance(method, dict) or method.get("type", "supervised") != "supervised":
-        raise ApiError(400, "Only method.type='supervised' is supported here.", param="method.type")
-    supervised = method.get("supervised") or {}
-    merged = {**(body.get("hyperparameters") or {}), **(supervised.get("hyperparameters") or {})}
+    kind = method.get("type", "supervised") if isinstance(method, dict) else None
+    if kind not in METHODS:
+        raise ApiError(400, f"method.type {kind!r} is not supported here; supported: "
+                            f"{', '.join(repr(name) for name in METHODS)}.", param="method.type")
+    given = method.get(kind) if isinstance(method.get(kind), dict) else {}
+    merged = {**(body.get("hyperparameters") or {}), **(given.get("hyperparameters") or {})}
+    names = METHOD_HYPERPARAMETERS[kind]
+    for name in merged:
+        if name in HYPERPARAMETER_RANGES and name not in names:
+            raise ApiError(400, f"hyperparameters.{name} is not a hyperparameter of method.type={kind!r}.",
+                           param=f"hyperparameters.{name}")
     checked = {}
-    for name, (kind, _, _) in HYPERPARAMETER_RANGES.items():
+    for name in names:
         value = merged.get(name, "auto")
         problem = hyperparameter_problem(name, value)
         if problem:
             raise ApiError(400, f"hyperparameters.{name} {problem}; got {value!r}.", param=f"hyperparameters.{name}")
-        checked[name] = value if value == "auto" else kind(value)
-    return Hyperparameters(**checked)
+        checked[name] = value if value == "auto" else HYPERPARAMETER_RANGES[name][0](value)
+    beta = checked.pop("beta", None)
+    return kind, Hyperparameters(**checked), beta
 
 
 def training_file_path(request: web.Request, body: dict, field: str) -> tuple[str | None, Path | None]:
@@ -335,7 +345,7 @@ async def create_job(request: web.Request) -> web.Response:
     if spec is None:
         raise ApiError(404, f"The model {model!r} does not exist here (set SERVE_ALLOW_DOWNLOAD=true to fetch "
                             "Hugging Face models).", param="model", code="model_not_found")
-    hyperparameters = requested_hyperparameters(body)
+    method_type, hyperparameters, beta = requested_method(body)
     suffix = body.get("suffix")
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > 64):
         raise ApiError(400, "'suffix' must be a string of at most 64 characters.", param="suffix")
@@ -348,8 +358,8 @@ async def create_job(request: web.Request) -> web.Response:
     training_file, _ = training_file_path(request, body, "training_file")  # the body is checked first, then files
     validation_file, _ = training_file_path(request, body, "validation_file")
     job = FineTuningJob(id=new_id("ftjob"), created_at=now(), model=model, status="validating_files",
-                        hyperparameters=hyperparameters, seed=seed if seed is not None else secrets.randbelow(2**31),
-                        training_file=training_file, validation_file=validation_file, metadata=metadata, suffix=suffix)
+                        hyperparameters=hyperparameters, method_type=method_type, beta=beta,
+                        seed=seed if seed is not None else secrets.randbelow(2**31), training_file=training_file, validation_file=validation_file, metadata=metadata, suffix=suffix)
     store.save_job(job)
     store.add_event(job.id, f"Created fine-tuning job: {job.id}")
     app["background"].add(asyncio.create_task(validate_job(app, job.id, spec)))
@@ -365,7 +375,7 @@ async def validate_job(app: web.Application, job_id: str, spec: ModelSpec) -> No
         if file_id:
             minimum = app["settings"].serve_min_examples if field == "training_file" else 1
             reports.append((field, await asyncio.to_thread(
-                sft_format.validate_jsonl, store.file_data_path(file_id), minimum, file_id)))
+                sft_format.validate_jsonl, store.file_data_path(file_id), minimum, file_id, job.method_type)))
     job = store.get_job(job_id)
     if job.status != "validating_files":  # cancelled meanwhile
         return
@@ -376,9 +386,14 @@ async def validate_job(app: web.Application, job_id: str, spec: ModelSpec) -> No
                 param=field, message=f"Invalid {field.replace('_', ' ')} {report.summary()}"))
     kind = "tiny" if training_base(spec).kind == "tiny" else "hf"
     job.hyperparameters = train_worker.resolve_hyperparameters(job.hyperparameters, kind, reports[0][1].examples)
+    if job.method_type == "dpo":
+        job.beta = train_dpo.resolve_beta(job.beta)
     job.status = "queued"
     store.save_job(job)
-    store.add_event(job_id, f"Files validated ({reports[0][1].examples} training examples); job queued")
+    resolved = ", ".join(f"{name}={value:g}" for name, value in job.method[job.method_type]["hyperparameters"].items())
+    what = "preference pairs" if job.method_type == "dpo" else "training examples"
+    store.add_event(job_id, f"Files validated ({reports[0][1].examples} {what}); job queued "
+                            f"({job.method_type}: {resolved})")
     await app["job_queue"].put(job_id)
 
 
@@ -426,9 +441,9 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
     spec = TrainingSpec(
         job_id=job.id, model=job.model, base=base, training_file=str(store.file_data_path(job.training_file)),
         validation_file=str(store.file_data_path(job.validation_file)) if job.validation_file else None,
-        hyperparameters=job.hyperparameters, seed=job.seed, device=settings.serve_device,
-        max_seq_len=settings.serve_max_seq_len, lora_rank=settings.serve_lora_rank, output_dir=str(job_dir / "output"),
-        precision=settings.serve_train_precision, compile=settings.serve_train_compile)
+        hyperparameters=job.hyperparameters, method=job.method_type, beta=job.beta, seed=job.seed,
+        device=settings.serve_device, max_seq_len=settings.serve_max_seq_len, lora_rank=settings.serve_lora_rank,
+        output_dir=str(job_dir / "output"), precision=settings.serve_train_precision, compile=settings.serve_train_compile)
     (job_dir / "spec.json").write_text(spec.model_dump_json(indent=1))
     (job_dir / "cancel").unlink(missing_ok=True)
     job.status = "running"
@@ -451,8 +466,10 @@ async def run_job(app: web.Application, job: FineTuningJob) -> None:
             store.add_event(job.id, message.message, level=message.level)
         elif isinstance(message, WorkerMetrics):
             data = message.data.model_dump(exclude_none=True)
+            rewards = (f", reward accuracy={data['reward_accuracy']:.3f}, reward margin={data['reward_margin']:.4f}"
+                       if "reward_accuracy" in data else "")
             store.add_event(job.id, f"Step {data['step']}/{message.total_steps}: training loss="
-                                    f"{data['train_loss']:.4f}", type="metrics",
+                                    f"{data['train_loss']:.4f}{rewards}", type="metrics",
                             data={**data, "total_steps": message.total_steps})
         elif isinstance(message, WorkerCheckpoint):
             add_checkpoint(store, job, name, message, base)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, computed_field
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 from synth_qwen.atomic_file import write_text_atomic
 from synth_qwen.fine_tuning_api import ACTIVE_STATUSES
@@ -121,12 +121,27 @@ class FineTuningJob(BaseModel):
     metadata: dict | None = None
     suffix: str | None = None
     output_dir: str | None = None
+    # Kept inside `method` in job.json and the job object (OpenAI's shape), not as fields of their own:
+    method_type: Literal["supervised", "dpo"] = Field("supervised", exclude=True)
+    beta: float | Literal["auto"] | None = Field(None, exclude=True)  # dpo: as requested, then resolved
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_method(cls, data):
+        method = data.get("method") if isinstance(data, dict) else None
+        if isinstance(method, dict) and method.get("type") == "dpo":
+            hyperparameters = (method.get("dpo") or {}).get("hyperparameters") or {}
+            data = {**data, "method_type": "dpo", "beta": hyperparameters.get("beta", "auto")}
+        return data
 
     @computed_field
     @property
     def method(self) -> dict:
         """OpenAI's newer form of `hyperparameters`; derived, so the two never disagree."""
-        return {"type": "supervised", "supervised": {"hyperparameters": self.hyperparameters.model_dump()}}
+        hyperparameters = self.hyperparameters.model_dump()
+        if self.method_type == "dpo":
+            hyperparameters["beta"] = self.beta
+        return {"type": self.method_type, self.method_type: {"hyperparameters": hyperparameters}}
 
 
 class Store:

@@ -382,6 +382,8 @@ class KickoffSettings(Settings):
 
     qwen_base_model: str = DEFAULT_MODEL
     qwen_training_jsonl: Path = DEFAULT_SFT_JSONL
+    sft_method: Literal["supervised", "dpo"] = "supervised"  # dpo: the JSONL holds preference pairs
+    sft_dpo_beta: float | Literal["auto"] = "auto"  # dpo only
     sft_n_epochs: int | Literal["auto"] = 1
     sft_batch_size: int | Literal["auto"] = 4
     sft_learning_rate_multiplier: float | Literal["auto"] = "auto"
@@ -396,11 +398,11 @@ class KickoffSettings(Settings):
     sft_cancel_on_interrupt: bool = False
     sft_force_new: bool = False  # ignore a matching job in the state file and start a new one
 
-    @field_validator("sft_n_epochs", "sft_batch_size", "sft_learning_rate_multiplier")
+    @field_validator("sft_n_epochs", "sft_batch_size", "sft_learning_rate_multiplier", "sft_dpo_beta")
     @classmethod
     def _hyperparameter(cls, value, info):
         from synth_qwen.fine_tuning_api import hyperparameter_problem  # the service's own rule, checked up front
-        problem = hyperparameter_problem(info.field_name.removeprefix("sft_"), value)
+        problem = hyperparameter_problem(info.field_name.removeprefix("sft_").removeprefix("dpo_"), value)
         if problem:
             raise ValueError(problem)
         return value
@@ -479,7 +481,7 @@ class RoundsSettings(Settings):
     rounds_teacher_noise: float = Field(0.0, ge=0.0, le=1.0)
     rounds_student_episodes: int = Field(20, ge=1, le=100_000)  # training episodes the student plays per later round
     rounds_student_temperature: float = Field(1.0, ge=0.0, le=2.0)  # sampling while the student plays
-    rounds_data: Literal["relabel", "rejection", "both"] = "relabel"  # later rounds' data (DAgger / own best)
+    rounds_data: Literal["relabel", "rejection", "both", "dpo"] = "relabel"  # later rounds' data (DAgger / own best / pairs)
     rounds_init: Literal["base", "previous"] = "base"  # base: base model on all data so far; previous: last model on new data
     rounds_min_reward: float = 1.0  # rejection sampling: the student's own episodes with at least this reward
     rounds_eval_temperatures: list[float] = [0.7, 0.0]  # every round is evaluated at each; the first is the headline
@@ -554,7 +556,7 @@ class FilterSettings(Settings):
                        "filter-max-example-tokens": "max-example-tokens", "filter-dedup": "dedup",
                        "filter-reasoning": "reasoning", "filter-validation-fraction": "validation-fraction",
                        "filter-validation-jsonl": "validation-output", "filter-dry-run": "dry-run",
-                       "filter-json": "json", "filter-relabel": "relabel"})
+                       "filter-json": "json", "filter-relabel": "relabel", "filter-format": "format"})
     toml_table = "filter"
 
     crafter_db_url: DbUrl = DEFAULT_DB_URL
@@ -578,6 +580,7 @@ class FilterSettings(Settings):
     filter_dry_run: bool = Field(False, description="report the funnel, write nothing")
     filter_json: bool = Field(False, description="the funnel as JSON on stdout (the text goes to stderr)")
     filter_relabel: str | None = None  # a teacher re-answers every turn of the kept episodes (DAgger)
+    filter_format: Literal["sft", "dpo"] = "sft"  # dpo: preference pairs, the teacher's reply over the student's
 
     @field_validator("max_cost", "max_tokens", "filter_max_example_tokens", mode="before")
     @classmethod
@@ -622,6 +625,9 @@ class FilterSettings(Settings):
         if self.filter_relabel and self.filter_mode != "turn":
             raise ValueError(f"FILTER_RELABEL relabels single turns: it needs FILTER_MODE=turn, "
                              f"not {self.filter_mode} (or unset FILTER_RELABEL)")
+        if self.filter_format == "dpo" and not self.filter_relabel:
+            raise ValueError(f"FILTER_FORMAT=dpo pairs the teacher's reply with the student's: set FILTER_RELABEL "
+                             f"(e.g. {RELABEL_TEACHERS[0]})")
         return self
 
     @property

@@ -1,8 +1,14 @@
-"""The one validator for OpenAI chat fine-tuning JSONL (DESIGN §4.2, REFERENCE §C).
+"""The one validator for OpenAI fine-tuning JSONL (DESIGN §4.2, REFERENCE §C): chat examples
+(method "supervised") and preference pairs (method "dpo").
 
-`validate_example(obj)` lists the problems of one decoded line; `validate_jsonl(path)` checks a
-whole file and names the line of each problem. filter_traces, sft_kickoff and serve all use it,
-so "valid" means the same thing at every stage.
+`validate_example(obj)` lists the problems of one decoded chat line, `validate_preference(obj)` of
+one preference line; `validate_jsonl(path, method=...)` checks a whole file and names the line of
+each problem. filter_traces, sft_kickoff and serve all use it, so "valid" means the same thing at
+every stage. `preference_pair(obj)` is what a preference line means as two chat examples.
+
+A preference line (OpenAI's DPO format): {"input": {"messages": [...], "tools": [...],
+"parallel_tool_calls": false}, "preferred_output": [one assistant message],
+"non_preferred_output": [one assistant message]}; the input ends where the answer is due.
 """
 from __future__ import annotations
 
@@ -21,12 +27,22 @@ def validate_example(obj) -> list[str]:
         return ["example must be a JSON object with a 'messages' list"]
     messages = obj.get("messages")
     if not isinstance(messages, list) or not messages:
-        return ["'messages' must be a non-empty list"]
-    problems = tools_problems(obj)
+        hint = " (this is a preference line: use it with method.type='dpo')" if "input" in obj else ""
+        return ["'messages' must be a non-empty list" + hint]
+    problems, trainable = messages_problems(messages, "messages")
+    problems = tools_problems(obj) + problems
+    if trainable == 0 and not problems:
+        problems.append("no trainable assistant message (need at least one assistant message with weight 1)")
+    return problems
+
+
+def messages_problems(messages: list, prefix: str) -> tuple[list[str], int]:
+    """(problems, how many assistant messages have weight 1) of a message list."""
+    problems = []
     open_call_ids: set[str] = set()
     trainable = 0
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
+        where = f"{prefix}[{index}]"
         if not isinstance(message, dict):
             problems.append(f"{where} must be an object")
             continue
@@ -51,9 +67,60 @@ def validate_example(obj) -> list[str]:
                 problems.append(f"{where}: {role} message needs string content")
             if "weight" in message:
                 problems.append(f"{where}: 'weight' is only allowed on assistant messages")
-    if trainable == 0 and not problems:
-        problems.append("no trainable assistant message (need at least one assistant message with weight 1)")
+    return problems, trainable
+
+
+PREFERENCE_OUTPUTS = ("preferred_output", "non_preferred_output")
+
+
+def validate_preference(obj) -> list[str]:
+    """Problems with one preference pair (empty list = valid)."""
+    if not isinstance(obj, dict):
+        return ["example must be a JSON object with 'input', 'preferred_output' and 'non_preferred_output'"]
+    given = obj.get("input")
+    if not isinstance(given, dict) or not isinstance(given.get("messages"), list) or not given["messages"]:
+        hint = " (this is a chat example: use it with method.type='supervised')" if "messages" in obj else ""
+        return ["'input' must be an object with a non-empty 'messages' list" + hint]
+    problems, _ = messages_problems(given["messages"], "input.messages")
+    problems = tools_problems(given, "input.") + problems
+    problems += [f"input.messages[{index}]: 'weight' has no meaning in a preference input"
+                 for index, message in enumerate(given["messages"]) if isinstance(message, dict) and "weight" in message]
+    last = given["messages"][-1]
+    if isinstance(last, dict) and last.get("role") == "assistant":
+        problems.append("input.messages must end before the answer (its last message is an assistant message)")
+    replies = []
+    for name in PREFERENCE_OUTPUTS:
+        output = obj.get(name)
+        if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict) \
+                or output[0].get("role") != "assistant":
+            problems.append(f"'{name}' must be a list of exactly one assistant message")
+            continue
+        if "weight" in output[0]:
+            problems.append(f"{name}[0]: 'weight' has no meaning in a preference output")
+        problems += assistant_problems(output[0], f"{name}[0]")
+        replies.append(output[0])
+    if len(replies) == 2 and not problems and reply_key(replies[0]) == reply_key(replies[1]):
+        problems.append("preferred_output and non_preferred_output say the same thing (nothing to prefer)")
     return problems
+
+
+def reply_key(message: dict) -> tuple:
+    """What a reply says, whatever its tool call ids are."""
+    calls = tuple((call["function"]["name"], call["function"]["arguments"]) for call in message.get("tool_calls") or [])
+    return message.get("content") or "", calls
+
+
+def preference_pair(obj: dict) -> tuple[dict, dict]:
+    """(chosen, rejected) chat examples of a valid preference line: the input's messages (their
+    assistant turns weight 0: only the answer is compared) followed by each output."""
+    given = obj["input"]
+    prompt = [{**message, "weight": 0} if message.get("role") == "assistant" else message
+              for message in given["messages"]]
+    extra = {key: given[key] for key in ("tools", "parallel_tool_calls") if key in given}
+    return tuple({"messages": prompt + [obj[name][0]], **extra} for name in PREFERENCE_OUTPUTS)
+
+
+VALIDATORS = {"supervised": validate_example, "dpo": validate_preference}  # fine-tuning method -> line check
 
 
 def assistant_problems(message: dict, where: str) -> list[str]:
@@ -96,19 +163,19 @@ def tool_call_problems(call, where: str) -> list[str]:
     return problems
 
 
-def tools_problems(obj: dict) -> list[str]:
+def tools_problems(obj: dict, prefix: str = "") -> list[str]:
     problems = []
     tools = obj.get("tools")
     if tools is not None:
         if not isinstance(tools, list):
-            problems.append("'tools' must be a list")
+            problems.append(f"'{prefix}tools' must be a list")
         else:
             for index, tool in enumerate(tools):
                 function = tool.get("function") if isinstance(tool, dict) else None
                 if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                    problems.append(f"tools[{index}] must look like {{type: 'function', function: {{name, parameters}}}}")
+                    problems.append(f"{prefix}tools[{index}] must look like {{type: 'function', function: {{name, parameters}}}}")
     if "parallel_tool_calls" in obj and not isinstance(obj["parallel_tool_calls"], bool):
-        problems.append("'parallel_tool_calls' must be true or false")
+        problems.append(f"'{prefix}parallel_tool_calls' must be true or false")
     return problems
 
 
@@ -145,8 +212,11 @@ class JsonlReport:
         return f"{self.path}: {self.errors[0]}{more}"
 
 
-def validate_jsonl(path, min_examples: int = MIN_EXAMPLES, name: str | None = None) -> JsonlReport:
-    """Check every line of a JSONL file; `name` replaces the path in messages (e.g. a file id)."""
+def validate_jsonl(path, min_examples: int = MIN_EXAMPLES, name: str | None = None,
+                   method: str = "supervised") -> JsonlReport:
+    """Check every line of a JSONL file as the fine-tuning `method` reads it (VALIDATORS);
+    `name` replaces the path in messages (e.g. a file id)."""
+    validate = VALIDATORS[method]
     report = JsonlReport(path=name or str(path))
     with open(Path(path), "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
@@ -158,7 +228,7 @@ def validate_jsonl(path, min_examples: int = MIN_EXAMPLES, name: str | None = No
                 report.add(line_number, f"not valid JSON ({error})")
                 continue
             report.examples += 1
-            for problem in validate_example(obj):
+            for problem in validate(obj):
                 report.add(line_number, problem)
     if report.ok and report.examples < min_examples:
         report.error_count += 1

@@ -4,6 +4,10 @@
     QWEN_BASE_MODEL="Qwen/Qwen3-4B-Instruct-2507" QWEN_TRAINING_JSONL="ft_data/qwen4b_crafter_sft.jsonl" \\
       python -m synth_qwen.sft_kickoff
 
+SFT_METHOD=dpo sends preference pairs (filter_traces with FILTER_FORMAT=dpo) as a DPO job
+(SFT_DPO_BETA). Either way the job is created with OpenAI's `method`, never the deprecated
+top-level `hyperparameters`; SFT_EXTRA_JSON is deep-merged over the body last.
+
 The file id and job id are printed the moment they exist and saved in the state file; a rerun
 with the same data, model and hyperparameters follows that job instead of starting another.
 Exit 0 succeeded, 1 failed/cancelled/invalid data, 2 bad settings, 124 timed out, 130 Ctrl-C.
@@ -72,8 +76,14 @@ def file_digest(path: Path) -> str:
 # Creating a job
 
 def hyperparameters(s: KickoffSettings) -> dict:
-    return {"n_epochs": s.sft_n_epochs, "batch_size": s.sft_batch_size,
-            "learning_rate_multiplier": s.sft_learning_rate_multiplier}
+    chosen = {"n_epochs": s.sft_n_epochs, "batch_size": s.sft_batch_size,
+              "learning_rate_multiplier": s.sft_learning_rate_multiplier}
+    return {**chosen, "beta": s.sft_dpo_beta} if s.sft_method == "dpo" else chosen
+
+
+def method(s: KickoffSettings) -> dict:
+    """OpenAI's `method` (the SDK marks the top-level `hyperparameters` deprecated)."""
+    return {"type": s.sft_method, s.sft_method: {"hyperparameters": hyperparameters(s)}}
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -85,21 +95,23 @@ def deep_merge(base: dict, extra: dict) -> dict:
 
 
 def job_body(s: KickoffSettings, training_file: str, validation_file: str | None) -> dict:
-    body = {"model": s.qwen_base_model, "training_file": training_file, "hyperparameters": hyperparameters(s)}
+    body = {"model": s.qwen_base_model, "training_file": training_file, "method": method(s)}
     for key, value in (("suffix", s.sft_suffix), ("seed", s.sft_seed), ("validation_file", validation_file)):
         if value is not None:
             body[key] = value
     return deep_merge(body, s.sft_extra_json)
 
 
-def validate_locally(path: Path, label: str) -> int:
-    report = validate_jsonl(path)
+def validate_locally(path: Path, label: str, method_type: str) -> int:
+    report = validate_jsonl(path, method=method_type)
     if not report.ok:
-        say(f"error: {label} is not valid fine-tuning data:")
+        say(f"error: {label} is not valid {'preference' if method_type == 'dpo' else 'fine-tuning'} data "
+            f"(SFT_METHOD={method_type}):")
         for problem in report.errors:
             say(f"  {path}: {problem}")
         raise SystemExit(EXIT_FAILED)
-    say(f"{label}: {report.examples} examples validated locally ({path})")
+    say(f"{label}: {report.examples} {'preference pairs' if method_type == 'dpo' else 'examples'} "
+        f"validated locally ({path})")
     return report.examples
 
 
@@ -122,11 +134,13 @@ def service_knows(client: openai.OpenAI, job_id: str) -> bool:
 
 def start_job(client: openai.OpenAI, s: KickoffSettings, state_path: Path) -> str:
     """Validate, upload, create; returns the job id (saved in the state file at once)."""
-    validate_locally(s.qwen_training_jsonl, "training data")
+    validate_locally(s.qwen_training_jsonl, "training data", s.sft_method)
     if s.sft_validation_jsonl:
-        validate_locally(s.sft_validation_jsonl, "validation data")
+        validate_locally(s.sft_validation_jsonl, "validation data", s.sft_method)
     key = {"training_sha256": file_digest(s.qwen_training_jsonl), "model": s.qwen_base_model,
            "hyperparameters": hyperparameters(s), "suffix": s.sft_suffix, "extra": s.sft_extra_json}
+    if s.sft_method != "supervised":  # a state file from before SFT_METHOD keeps its key
+        key["method"] = s.sft_method
     state = read_state(state_path)
     if not s.sft_force_new and state.get("key") == key and state.get("job_id") and \
             state.get("status") not in ("failed", "cancelled") and service_knows(client, state["job_id"]):
@@ -145,7 +159,7 @@ def start_job(client: openai.OpenAI, s: KickoffSettings, state_path: Path) -> st
     job = client.post("/fine_tuning/jobs", body=body, cast_to=FineTuningJob)
     state.update(job_id=job.id, status=job.status)
     write_state(state_path, state)
-    say(f"created fine-tuning job {job.id} (model {job.model}, status {job.status})")
+    say(f"created fine-tuning job {job.id} (model {job.model}, method {s.sft_method}, status {job.status})")
     say(f"  state saved to {state_path}; follow it later with: {follow_command(job.id)}")
     return job.id
 

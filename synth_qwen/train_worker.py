@@ -56,6 +56,8 @@ class TrainingSpec(BaseModel):
     training_file: str
     validation_file: str | None = None
     hyperparameters: Hyperparameters  # resolved: numbers only
+    method: Literal["supervised", "dpo"] = "supervised"  # dpo: train_dpo.train runs the job
+    beta: float | None = None  # dpo, resolved
     seed: int
     device: str  # SERVE_DEVICE
     max_seq_len: int
@@ -75,6 +77,8 @@ class StepMetrics(BaseModel):
     learning_rate: float | None = None
     elapsed_s: float
     valid_loss: float | None = None  # at the end of each epoch, when the job has a validation file
+    reward_accuracy: float | None = None  # dpo: share of pairs whose preferred answer earns more reward
+    reward_margin: float | None = None  # dpo: mean reward(preferred) - reward(non-preferred)
 
 
 class WorkerEvent(BaseModel):
@@ -515,7 +519,12 @@ def main() -> None:
     spec = TrainingSpec.model_validate_json((job_dir / "spec.json").read_text())
     reporter = Reporter()
     try:
-        train(spec, job_dir, reporter)
+        if spec.method == "dpo":
+            from synth_qwen import train_dpo
+
+            train_dpo.train(spec, job_dir, reporter)
+        else:
+            train(spec, job_dir, reporter)
     except Exception as error:  # reported to the job as its error; the traceback stays in worker.log
         import traceback
 

@@ -169,3 +169,17 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def preference_pairs(count: int, seed: int = 0, rejected_action: str = "noop") -> list[dict]:
+    """`count` DPO lines (OpenAI's preference format) from crafter_examples: the example's reply is
+    preferred over the same call asking for `rejected_action`."""
+    pairs = []
+    for example in crafter_examples(count, seed=seed):
+        *prompt, preferred = example["messages"]
+        call = preferred["tool_calls"][0]
+        rejected = {**preferred, "tool_calls": [{**call, "function": {**call["function"], "arguments": json.dumps(
+            {"actions": [rejected_action], "reasoning": "wait"})}}]}
+        pairs.append({"input": {"messages": prompt, "tools": example["tools"], "parallel_tool_calls": False},
+                      "preferred_output": [preferred], "non_preferred_output": [rejected]})
+    return pairs

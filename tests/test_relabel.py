@@ -214,3 +214,82 @@ def test_dart_the_noisy_teacher_is_relabelled_with_its_clean_choices(tmp_path, c
     executed = {key: actions for key, actions in noisy.items() if key in targets}
     relabelled = [key for key, text in targets.items() if "Actions: " + ", ".join(executed[key]) not in text]
     assert len(targets) > 20 and relabelled  # the noisy turns train the teacher's choice, not what ran
+
+# ---------------------------------------------------------------------------------------
+# FILTER_FORMAT=dpo: the teacher's reply preferred over the student's, in the student's state
+
+DPO = [*TEACHER, "--format", "dpo"]
+
+
+def executed_actions(steps: list[tracing.Step], turn: int) -> list[str]:
+    return [row.action for row in steps if row.turn == turn]
+
+
+def test_preference_pairs_are_the_students_requests_with_the_teachers_reply_over_its_own(student_db, tmp_path, capsys):
+    statuses = ["--statuses", "max_steps,died,agent_error"]
+    code, report, lines, funnel = run_filter(capsys, student_db, tmp_path / "pairs.jsonl", *OPEN, *DPO, *statuses)
+    pairs = [json.loads(line) for line in lines]
+    assert code == 0 and pairs
+    engine = tracing.open_db(f"sqlite:///{student_db}", create=False)
+    agreements = 0
+    for session in db_sessions(student_db):
+        sid = session.session_id
+        requests = dict(tracing.rebuild_requests(engine, sid))
+        with engine.connect() as conn:
+            steps = tracing.session_steps(conn, sid)
+            by_turn = tracing.session_turn_messages(conn, sid)
+        answers = teacher_answers(session, steps, sorted(requests))
+        mine = {p["metadata"]["turn"]: p for p in pairs if p["metadata"]["session_id"] == sid}
+        for turn in requests:
+            differ = executed_actions(steps, turn) != answers[turn]["actions"]
+            failed = len(by_turn[turn]) < 2 or by_turn[turn][1].role != "assistant"  # no reply to prefer against
+            assert (turn in mine) == (differ and not failed), (sid, turn)
+            agreements += not differ
+        for turn, pair in mine.items():
+            assert pair["input"]["messages"] == requests[turn]["messages"]  # exactly what the student was sent
+            assert pair["input"]["tools"] == requests[turn]["tools"] and pair["input"]["parallel_tool_calls"] is False
+            [preferred], [student] = pair["preferred_output"], pair["non_preferred_output"]
+            assert json.loads(preferred["tool_calls"][0]["function"]["arguments"]) == answers[turn]
+            assert student == by_turn[turn][1].api()  # the student's own reply, as recorded
+            assert pair["metadata"]["relabelled_by"] == "builtin:expert" and "messages" not in pair
+    engine.dispose()
+    assert (report["pair_agreements"], report["pairs_built"]) == (agreements, len(pairs))
+    assert report["relabelled_turns"] == agreements + len(pairs) + report["turns_skipped"]["failed call"]
+    assert agreements > 0  # random play sometimes does what the teacher would
+    assert (f"preference pairs: {report['relabelled_turns']} turns, {agreements} where the student did what the "
+            f"teacher would (no pair), {len(pairs)} pairs (teacher preferred)") in funnel
+    assert "(turn mode, dpo)" in funnel and "pairs written" in funnel
+    from synth_qwen.sft_format import validate_jsonl
+    assert validate_jsonl(tmp_path / "pairs.jsonl", min_examples=1, method="dpo").ok
+
+
+def test_the_teachers_own_episodes_give_no_pair(teacher_db, tmp_path, capsys):
+    code, report, lines, _ = run_filter(capsys, teacher_db, tmp_path / "pairs.jsonl", *OPEN, *DPO)
+    assert code == 1 and lines == [] and report["pairs_built"] == 0
+    assert report["pair_agreements"] == report["relabelled_turns"] > 0
+
+
+def test_pairs_keep_eval_seeds_out_and_split_by_seed(student_db, tmp_path, capsys):
+    """The same selection, split and dedup as SFT data: eval episodes are held out unless asked for."""
+    db = tmp_path / "with-eval.db"
+    with sqlite3.connect(student_db) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE session_traces SET purpose = 'eval' WHERE run_id = 'scripted'")
+    statuses = ["--statuses", "max_steps,died,agent_error"]
+    code, report, lines, _ = run_filter(capsys, db, tmp_path / "pairs.jsonl", *OPEN, *DPO, *statuses,
+                                        "--validation-fraction", "0.5")
+    train = [json.loads(line) for line in lines]
+    validation = [json.loads(line) for line in (tmp_path / "pairs_val.jsonl").read_text().splitlines()]
+    assert code == 0 and report["removed"]["eval episodes (FILTER_INCLUDE_EVAL off)"] == 1
+    assert "scripted" not in {p["metadata"]["model"] for p in train + validation}
+    assert train and validation
+    assert not {p["metadata"]["seed"] for p in train} & {p["metadata"]["seed"] for p in validation}
+    for pair in train + validation:
+        assert filter_traces.in_validation(pair["metadata"]["seed"], 0.5) == (pair in validation)
+
+
+def test_dpo_without_a_teacher_exits_2_with_one_line(tmp_path):
+    done = cli(tmp_path, FILTER_FORMAT="dpo")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "FILTER_FORMAT=dpo pairs the teacher's reply with the student's: set FILTER_RELABEL" in done.stderr

@@ -222,3 +222,16 @@ def test_a_failed_save_keeps_the_old_job_json(tmp_path, monkeypatch):
         store.save_job(job)
     assert job_json.read_text() == before
     assert [path.name for path in job_json.parent.iterdir()] == ["job.json"]
+
+
+def test_a_dpo_job_keeps_its_method_and_beta_in_job_json(tmp_path):
+    """method_type and beta live inside `method` (OpenAI's shape): no field of their own in job.json."""
+    store = Store(tmp_path)
+    job = store.save_job(new_job().model_copy(update={"method_type": "dpo", "beta": "auto"}))
+    saved = json.loads((tmp_path / "jobs" / job.id / "job.json").read_text())
+    assert list(saved) == list(EARLIER_JOB)
+    assert saved["method"] == {"type": "dpo", "dpo": {"hyperparameters": {**saved["hyperparameters"], "beta": "auto"}}}
+    job.beta = 0.1
+    store.save_job(job)
+    again = store.get_job(job.id)
+    assert again == job and (again.method_type, again.beta) == ("dpo", 0.1)

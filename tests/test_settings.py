@@ -165,7 +165,7 @@ BAD_VALUES = [  # (module, arguments, environment, .env, the line's start)
     ("run_crafter", [], {"CRAFTER_EPISODES": "abc"}, "", "CRAFTER_EPISODES='abc' is invalid: Input should be a valid integer"),
     ("eval", [], {"CRAFTER_DIFFICULTY": "insane"}, "", "CRAFTER_DIFFICULTY='insane' is invalid: Input should be 'peaceful'"),
     ("sft_kickoff", [], {}, "SFT_BATCH_SIZE=many\n", "SFT_BATCH_SIZE='many' is invalid"),
-    ("rounds", [], {"ROUNDS_DATA": "all"}, "", "ROUNDS_DATA='all' is invalid: Input should be 'relabel', 'rejection' or 'both'"),
+    ("rounds", [], {"ROUNDS_DATA": "all"}, "", "ROUNDS_DATA='all' is invalid: Input should be 'relabel', 'rejection', 'both' or 'dpo'"),
     ("serve", [], {"SERVE_PORT": "70000"}, "", "SERVE_PORT='70000' is invalid: Input should be less than or equal to 65535"),
     ("filter_traces", [], {}, "MIN_ACHIEVEMENTS=x\n", "MIN_ACHIEVEMENTS='x' is invalid: Input should be a valid integer"),
     ("filter_traces", ["-c", "bad.toml"], {}, "", "FILTER_MODE='sessions' is invalid: Input should be 'turn' or 'episode'"),

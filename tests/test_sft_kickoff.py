@@ -8,8 +8,10 @@ import pytest
 from aiohttp import ClientSession, web
 
 from rollout_helpers import rollout_env, run_module, run_module_capped
+from synth_qwen import sft_kickoff
+from synth_qwen.settings import KickoffSettings, load
 from synth_qwen.tiny_model import TINY_MODEL_ID
-from serve_helpers import crafter_examples, write_jsonl
+from serve_helpers import crafter_examples, preference_pairs, write_jsonl
 
 TINY = TINY_MODEL_ID
 
@@ -48,6 +50,44 @@ def test_success_prints_ids_events_and_the_model(tmp_path, server, training_json
     (tmp_path / "state.json").write_text(json.dumps(dict(state, job_id="ftjob-000000000000000000000000")))
     fresh = kickoff(tmp_path, server.url + "/api", training_jsonl, sft_suffix="crafter")
     assert fresh.returncode == 0 and "reusing job" not in fresh.stdout and "created fine-tuning job" in fresh.stdout
+
+
+def test_the_job_is_created_with_method_never_the_deprecated_hyperparameters(monkeypatch):
+    for name in ("SFT_METHOD", "SFT_DPO_BETA", "SFT_EXTRA_JSON", "SFT_N_EPOCHS", "SFT_BATCH_SIZE",
+                 "SFT_LEARNING_RATE_MULTIPLIER", "SFT_SUFFIX", "SFT_SEED"):
+        monkeypatch.delenv(name, raising=False)
+    supervised = sft_kickoff.job_body(load(KickoffSettings, {"sft_n_epochs": 2}), "file-a", None)
+    assert "hyperparameters" not in supervised
+    assert supervised["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": "auto"}}}
+    dpo = sft_kickoff.job_body(load(KickoffSettings, {"sft_method": "dpo", "sft_dpo_beta": 0.2}), "file-a", "file-b")
+    assert dpo["method"] == {"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": "auto", "beta": 0.2}}}
+    assert dpo["validation_file"] == "file-b" and "hyperparameters" not in dpo
+    # Synth's payload overrides still land, deep-merged over the body
+    extra = {"upload_to_wasabi": True, "hyperparameters": {"training_type": "sft"},
+             "method": {"dpo": {"hyperparameters": {"beta": 0.5}}}}
+    synth = sft_kickoff.job_body(load(KickoffSettings, {"sft_method": "dpo", "sft_extra_json": extra}), "file-a", None)
+    assert synth["upload_to_wasabi"] is True and synth["hyperparameters"] == {"training_type": "sft"}
+    assert synth["method"]["dpo"]["hyperparameters"] == {"n_epochs": 1, "batch_size": 4,
+                                                         "learning_rate_multiplier": "auto", "beta": 0.5}
+
+
+def test_a_dpo_job_from_preference_pairs(tmp_path, server):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_pairs(12, seed=3))
+    done = kickoff(tmp_path, server.url + "/api", pairs, sft_method="dpo", sft_dpo_beta=0.2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "12 preference pairs validated locally" in done.stdout and "method dpo" in done.stdout
+    assert "reward_accuracy" in done.stdout  # the metrics events, as printed
+    state = json.loads((tmp_path / "state.json").read_text())
+    job = openai.OpenAI(base_url=server.url + "/v1", api_key="x").fine_tuning.jobs.retrieve(state["job_id"])
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    assert state["fine_tuned_model"] == job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{TINY}:")
+    # chat data is not preference data: refused before anything is uploaded
+    sft = kickoff(tmp_path, server.url + "/api", write_jsonl(tmp_path / "sft.jsonl", crafter_examples(12, seed=3)),
+                  sft_method="dpo", sft_force_new=True)
+    assert sft.returncode == 1 and "not valid preference data (SFT_METHOD=dpo)" in sft.stdout
+    assert "line 1: 'input' must be an object" in sft.stdout and "file id" not in sft.stdout
 
 
 def test_resume_with_job_id_and_failed_job_exits_1_with_the_service_message(tmp_path, server, training_jsonl):
@@ -161,6 +201,8 @@ def test_429_and_500_are_retried(tmp_path, server, training_jsonl):
     ("sft_learning_rate_multiplier", "-2", "SFT_LEARNING_RATE_MULTIPLIER='-2' is invalid: must be 'auto' or a number"),
     ("sft_learning_rate_multiplier", "1e308", "SFT_LEARNING_RATE_MULTIPLIER='1e308' is invalid"),
     ("sft_seed", str(10**30), "is invalid: must be an integer from 0 to 4294967295"),
+    ("sft_method", "reinforcement", "SFT_METHOD='reinforcement' is invalid"),
+    ("sft_dpo_beta", "0", "SFT_DPO_BETA='0' is invalid: must be 'auto' or a number from 0.001 to 10"),
     ("qwen_training_jsonl", "missing.jsonl", "QWEN_TRAINING_JSONL='missing.jsonl' is invalid: no such file"),
 ])
 def test_bad_settings_exit_2_with_one_line(tmp_path, training_jsonl, name, value, expected):
