@@ -1,4 +1,6 @@
 """atomic_file: readers of a target see the old file or the whole new one, never half of one."""
+import contextlib
+
 import pytest
 
 from synth_qwen.atomic_file import AtomicFile, atomic_path, write_text_atomic
@@ -52,21 +54,24 @@ def test_a_writer_given_a_temp_name_replaces_the_target_only_when_it_finishes(tm
     assert target.read_bytes() == b"new" and [path.name for path in tmp_path.iterdir()] == ["replay.gif"]
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def file_size_cap():
     """No file this process writes may grow past 64 bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a
-    write past it fails with "File too large", as on a full disk); lifted again afterwards."""
+    write past it fails with "File too large", as on a full disk); lifted again at once, so that
+    pytest's own output (perhaps a file already past 64 bytes) is never written under the cap."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temp_file(tmp_path, file_size_cap):
+def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temp_file(tmp_path):
     target = tmp_path / "state.json"
     target.write_text("old")
-    with pytest.raises(OSError, match="File too large"):  # the flush fails, then the close's flush again
+    with pytest.raises(OSError, match="File too large"), file_size_cap():  # the flush fails, then the close's again
         write_text_atomic(target, "x" * 100)
     assert target.read_text() == "old" and [path.name for path in tmp_path.iterdir()] == ["state.json"]
