@@ -111,7 +111,8 @@ def test_a_training_job_frees_the_inference_workers_models(client, server, tmp_p
     job = client.fine_tuning.jobs.create(model=TINY, method=ONE_EPOCH,
                                          training_file=upload(client, tmp_path, crafter_examples(MIN_EXAMPLES)).id)
     wait_for(lambda: log.read_text().count(RELEASED) > before)
-    assert log.read_text().rsplit(RELEASED, 1)[-1].startswith(" 1 models")  # the tiny model it had loaded
+    released = int(log.read_text().rsplit(RELEASED, 1)[-1].split()[0])
+    assert released >= 1  # the tiny model it had loaded (and any fine-tuned one an earlier test chatted with)
     assert wait_for_job(client, job.id).status == "succeeded"
     assert ask().usage.completion_tokens >= 1
 
@@ -122,7 +123,9 @@ def test_job_listing_pages_with_a_cursor(client, trained_job, tmp_path):
     first_page = client.fine_tuning.jobs.list(limit=1)
     assert [job.id for job in first_page.data] == [second.id] and first_page.has_more
     next_page = client.fine_tuning.jobs.list(limit=1, after=second.id)
-    assert trained_job.id in [job.id for job in next_page.data]
+    assert len(next_page.data) == 1 and next_page.data[0].id != second.id
+    older = client.fine_tuning.jobs.list(limit=100, after=second.id)  # other tests of the module made jobs too
+    assert trained_job.id in [job.id for job in older.data]
 
 
 def test_a_fine_tuned_model_fine_tunes_further_from_its_own_weights(client, trained_job, tmp_path):
