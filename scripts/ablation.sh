@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One row of README "What makes the student better": the teacher plays 40 training episodes x 40 turns
+# One row of docs/results.md "What makes the student better": the teacher plays 40 training episodes x 40 turns
 # on easy -> filter_traces -> sft_kickoff (local/tiny-qwen3, batch 8, LR multiplier 2) -> eval against
 # builtin:random on the 20 held-out seeds 100000-100019, 30 turns, T=0.7. Each stage is the real module.
 #   bash scripts/ablation.sh DIR     with any of these to vary the row (defaults = row 5):

@@ -3,7 +3,7 @@
 # A thin script: every step is the real module, called with env vars exactly as in the README's
 # step-by-step section. A second run reuses what exists (traces, the finished job, eval episodes).
 #   QUICKSTART_SMOKE=1   a reduced run (CI)       QUICKSTART_DIR=path   where everything goes
-#   ROUNDS=2             add a DAgger round (README "Results" measures it)
+#   ROUNDS=2             add a DAgger round (docs/results.md measures it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,7 +20,7 @@ DB="sqlite:///$WORK/traces.db"
 # The tiny model's prompt shape, shared by every rollout, its training data and the evaluation (train
 # context = inference context): a one-line system prompt, no history, text replies ("collect wood\n
 # Actions: move_left, do": no tools block, half the tokens of a tool call prompt), the teacher's
-# reasoning cut to its subgoal (README "What makes the student better" measures each choice).
+# reasoning cut to its subgoal (docs/results.md "What makes the student better" measures each choice).
 export CRAFTER_DIFFICULTY=easy CRAFTER_PROMPT=compact CRAFTER_HISTORY=0 CRAFTER_MAX_TOKENS=64 \
   CRAFTER_TOOL_MODE=text FILTER_REASONING=subgoal
 

@@ -1,5 +1,5 @@
 """What the agent sees: the `Observation` of the world around the player, as data (for the expert)
-and as the documented text (README 'Observation') that models read. Built from the world, not the image."""
+and as the documented text (docs/modules.md, the Crafter layer) that models read. Built from the world, not the image."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -147,8 +147,9 @@ class EndpointPolicy:
 
     async def act(self, messages: list[dict], observation: Observation, turn: int, episode_seed: int = 0) -> Reply:
         body = dict(self.request_params(), messages=messages)
-        if self.seed_base() is not None:
-            body["seed"] = sampling_seed(self.seed_base(), episode_seed, turn)
+        base = self.seed_base()
+        if base is not None:
+            body["seed"] = sampling_seed(base, episode_seed, turn)
         if self.tools:
             body["tools"] = self.tools
         start = time.perf_counter()

@@ -289,7 +289,7 @@ def bf16_is_fast(device: str) -> bool:
 def fast_path(device: str, precision: str, compile_setting: str) -> tuple[bool, bool]:
     """(bf16 autocast, torch.compile) for this job: SERVE_TRAIN_PRECISION / SERVE_TRAIN_COMPILE,
     "auto" meaning bf16 where the device has it and compile only on top of it (compile alone paid
-    too little for its warm-up on CPU; see README "Benchmarks")."""
+    too little for its warm-up on CPU; see docs/benchmarks.md, serve)."""
     bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
     compiled = compile_setting == "on" or (compile_setting == "auto" and bf16)
     return bf16, compiled
@@ -323,8 +323,8 @@ def collate(rows: list[dict], pad_id: int, device: str):
 
 class LossOnLabels:
     """The mean next-token loss over labelled positions, with the output head run only there:
-    assistant replies are a small part of each example, so most positions need no logits (the head
-    and its softmax over the vocabulary were ~30 % of the tiny model's step)."""
+    assistant replies are a small part of each example, so most positions need no logits (measured on
+    the tiny model, 4 x ~780 tokens of which 144 labelled: forward + backward 1.9-2.1 s instead of 2.4 s)."""
 
     def __init__(self, model, compiled: bool):
         import torch
@@ -480,7 +480,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
                 reporter.send(WorkerMetrics(data=last_metrics, total_steps=total_steps))
             if checks.cancelled():
                 break
-        if checks.cancelled():
+        if checks.cancelled():  # the inner loop stopped for it (the flag stays): no checkpoint
             break
         if eval_rows:
             last_metrics = (last_metrics or StepMetrics(step=step, epoch=epoch + 1, train_loss=math.nan, elapsed_s=0)
@@ -495,11 +495,10 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     # PEFT saves only the adapter; the tokenizer carries the inference template, as the base ships it
     save_or_fail("fine-tuned " + ("adapter" if lora else "model"), output_dir, lambda folder: save_weights(model, folder),
                  tokenizer.save_pretrained)
-    trained_tokens = seen
     steady = (last_mark[1] - first_mark[1]) / (last_mark[0] - first_mark[0]) if last_mark[0] > first_mark[0] else 0
-    reporter.send(WorkerResult(trained_tokens=trained_tokens, output_dir=str(output_dir),
+    reporter.send(WorkerResult(trained_tokens=seen, output_dir=str(output_dir),
                                metrics_csv=str(metrics_path), train_seconds=round(seconds, 2),
-                               tokens_per_second=round(trained_tokens / max(seconds, 1e-9), 1),
+                               tokens_per_second=round(seen / max(seconds, 1e-9), 1),
                                steady_tokens_per_second=round(steady, 1), adapter=lora))
 
 

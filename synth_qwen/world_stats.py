@@ -1,7 +1,7 @@
 """What the difficulty presets do, measured: world statistics per preset, and a demo of random play.
 
     python -m synth_qwen.world_stats            one text observation, then random play on each preset
-    python -m synth_qwen.world_stats --stats    per-preset means over 20 worlds (the README table)
+    python -m synth_qwen.world_stats --stats    per-preset means over 20 worlds (the table in docs/modules.md)
 """
 from __future__ import annotations
 
