@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import MISSING, dataclass, field, fields
@@ -294,10 +295,24 @@ def sqlite_path(db_url: str) -> Path | None:
 def _sqlite_pragmas(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")  # first: other processes (a reader, a second run) wait,
-    cursor.execute("PRAGMA journal_mode=WAL")    # also while one of them switches a new file to WAL
+    switch_to_wal(cursor)                        # also while one of them switches a new file to WAL
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def switch_to_wal(cursor, wait_s: float = 30.0) -> None:
+    """SQLite can answer this pragma "database is locked" at once, without its busy handler (seen when
+    a fleet process restarts beside writers after another was killed): retry it for as long as busy_timeout."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def open_db(db_url: str, create: bool = True) -> sa.Engine:

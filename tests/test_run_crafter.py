@@ -4,6 +4,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -189,6 +190,21 @@ def test_opening_waits_for_a_lock_held_by_another_process(tmp_path):
     assert opener.returncode == 0, stderr
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_switching_to_wal_retries_a_lock_reported_without_waiting(tmp_path):
+    """busy_timeout=0 stands in for SQLite's cases that answer "locked" without waiting: the switch
+    retries until the holder lets go instead of failing the run."""
+    path = tmp_path / "traces.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE unrelated (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    opener = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        opener.execute("PRAGMA journal_mode=WAL")
+    threading.Timer(0.5, lambda: holder.execute("COMMIT")).start()
+    tracing.switch_to_wal(opener.cursor())
+    assert opener.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_killed_run_loses_no_finished_episode_and_resumes_without_duplicates(tmp_path):
