@@ -20,9 +20,10 @@ DB="sqlite:///$WORK/traces.db"
 # The tiny model's prompt shape, shared by every rollout, its training data and the evaluation (train
 # context = inference context): a one-line system prompt, no history, text replies ("collect wood\n
 # Actions: move_left, do": no tools block, half the tokens of a tool call prompt), the teacher's
-# reasoning cut to its subgoal (docs/results.md "What makes the student better" measures each choice).
+# reasoning cut to its subgoal, and each turn where the teacher takes an achievement the observation lists
+# as ready written 4 times (docs/results.md "What makes the student better" measures each choice).
 export CRAFTER_DIFFICULTY=easy CRAFTER_PROMPT=compact CRAFTER_HISTORY=0 CRAFTER_MAX_TOKENS=64 \
-  CRAFTER_TOOL_MODE=text FILTER_REASONING=subgoal
+  CRAFTER_TOOL_MODE=text FILTER_REASONING=subgoal FILTER_READY_REPEATS=4
 
 START=$SECONDS
 STAGE_START=$SECONDS

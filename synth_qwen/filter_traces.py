@@ -33,6 +33,8 @@ from functools import lru_cache
 import sqlalchemy as sa
 
 from synth_qwen import preflight, qwen_format, tracing
+from synth_qwen.action_schema import parse_interact_arguments, parse_text_actions
+from synth_qwen.observation import ready_in
 from synth_qwen.atomic_file import AtomicFile
 from synth_qwen.settings import FilterSettings, load, redact
 from synth_qwen.sft_format import MIN_EXAMPLES, VALIDATORS, preference_pair
@@ -227,6 +229,21 @@ def shape_reasoning(reply: dict, style: str) -> dict:
     return {**reply, "content": (f"{reasoning}\n" if reasoning else "") + marker + actions}
 
 
+def takes_ready_achievement(example: dict) -> bool:
+    """Whether the reply's first action is one the observation lists as earning a new achievement now."""
+    messages = example["messages"]
+    observation = next(m for m in reversed(messages) if m["role"] == "user")
+    ready = ready_in(observation.get("content") or "")
+    if not ready:
+        return False
+    reply = messages[-1]
+    unlimited = len(messages) + 99  # the count was checked when the turn was played
+    calls = reply.get("tool_calls") or []
+    actions, _ = (parse_interact_arguments(calls[0]["function"].get("arguments", ""), unlimited) if calls
+                  else parse_text_actions(reply.get("content") or "", unlimited))
+    return bool(actions) and actions[0] in ready
+
+
 def example_messages(example: dict) -> list[dict]:
     """Every message of a chat example or of a preference pair, in order."""
     if "messages" in example:
@@ -327,6 +344,8 @@ class Funnel:
     rejected_invalid: int = 0
     first_invalid: str | None = None
     duplicates_dropped: int = 0
+    ready_examples: int = 0  # FILTER_READY_REPEATS > 1: train examples taking a ready achievement
+    ready_repeats: int = 1
     train_examples: int = 0
     validation_examples: int = 0
     train_seeds: set = field(default_factory=set)
@@ -385,6 +404,9 @@ def funnel_text(f: Funnel) -> str:
     if f.rejected_invalid:
         lines.append(f"  rejected by the validator: {f.rejected_invalid:,} (first: {f.first_invalid})")
     lines.append(row.format("duplicates dropped", f"{f.duplicates_dropped:,}"))
+    if f.ready_repeats > 1:
+        lines.append(f"  taking a ready achievement: {f.ready_examples:,} train examples, each written "
+                     f"{f.ready_repeats} times (FILTER_READY_REPEATS)")
     verb = "would write" if f.dry_run else "written"
     lines.append(row.format(f"{'pairs' if f.format == 'dpo' else 'examples'} {verb}", f"{f.examples_written:,}"))
     lines.append(f"    train {f.train_examples:,} ({len(f.train_seeds):,} seeds) -> {f.output}")
@@ -474,14 +496,18 @@ def emit(example: dict, metadata: dict, event: LMEvent, s: FilterSettings, f: Fu
         seen.add(key)  # ~70 bytes per distinct example: the one thing that grows with the output
     seed = metadata["seed"]
     side = "validation" if in_validation(seed, s.filter_validation_fraction) else "train"
+    copies = 1
+    if side == "train" and not dpo and s.filter_ready_repeats > 1 and takes_ready_achievement(example):
+        copies = s.filter_ready_repeats  # the rare turns that decide the score, weighted up
+        f.ready_examples += 1
     if side == "train":
-        f.train_examples += 1
+        f.train_examples += copies
         f.train_seeds.add(seed)
     else:
         f.validation_examples += 1
         f.validation_seeds.add(seed)
     if writers:
-        writers[side].write(f'{body[:-1]},"metadata":{json.dumps(metadata, separators=(",", ":"))}}}\n')
+        writers[side].write(f'{body[:-1]},"metadata":{json.dumps(metadata, separators=(",", ":"))}}}\n' * copies)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     validation = s.validation_jsonl if s.filter_validation_fraction > 0 else None
     f = Funnel(db=redact(s.crafter_db_url), mode=s.filter_mode, output=str(s.output_jsonl),
                validation_output=str(validation) if validation else None, dry_run=s.filter_dry_run,
-               relabelled_by=s.filter_relabel, format=s.filter_format)
+               relabelled_by=s.filter_relabel, format=s.filter_format, ready_repeats=s.filter_ready_repeats)
     outputs = {} if s.filter_dry_run else {"OUTPUT_JSONL": s.output_jsonl, "FILTER_VALIDATION_JSONL": validation}
     preflight.ready_or_exit(db=(s.crafter_db_url, False), files=outputs)
     try:

@@ -91,6 +91,17 @@ def route_to(view: dict, facing: tuple[int, int], name: str) -> list[str] | None
     return None if moves is None else moves + ["do"]
 
 
+READY_LINE = "New achievement ready: "  # the actions that would earn a new achievement right now
+
+
+def ready_in(text: str) -> list[str]:
+    """The actions an observation text lists as ready (its READY_LINE), in order; none: []."""
+    for line in text.splitlines():
+        if line.startswith(READY_LINE):
+            return [name.strip() for name in line[len(READY_LINE):].rstrip(".").split(",")]
+    return []
+
+
 def observation_text(obs: Observation) -> str:
     ready = obs.ready  # a property that scans the recipes: once per observation
     counts: dict[str, int] = {}
@@ -107,7 +118,7 @@ def observation_text(obs: Observation) -> str:
         + (" You are asleep." if obs.sleeping else ""),
         "Vitals: " + ", ".join(f"{name} {obs.vitals[name]}/{constants.items[name]['max']}" for name in VITALS) + ".",
         "Inventory: " + (", ".join(f"{k} {v}" for k, v in obs.inventory.items()) or "empty") + ".",
-        *([f"New achievement ready: {', '.join(ready)}."] if ready else []),
+        *([f"{READY_LINE}{', '.join(ready)}."] if ready else []),
         f"Achievements ({len(obs.achievements)}/{len(ACHIEVEMENTS)}): " + (", ".join(obs.achievements) or "none") + ".",
         f"You see (offsets from you; E=right, W=left, N=up, S=down; everything else is {background}):",
     ]

@@ -554,6 +554,7 @@ class FilterSettings(Settings):
                        "filter-difficulties": "difficulties", "filter-statuses": "statuses",
                        "filter-include-eval": "include-eval", "filter-mode": "mode",
                        "filter-max-example-tokens": "max-example-tokens", "filter-dedup": "dedup",
+                       "filter-ready-repeats": "ready-repeats",
                        "filter-reasoning": "reasoning", "filter-validation-fraction": "validation-fraction",
                        "filter-validation-jsonl": "validation-output", "filter-dry-run": "dry-run",
                        "filter-json": "json", "filter-relabel": "relabel", "filter-format": "format"})
@@ -574,6 +575,8 @@ class FilterSettings(Settings):
     filter_mode: Literal["turn", "episode"] = "turn"  # one example per valid turn, or per episode
     filter_max_example_tokens: int | None = Field(None, ge=1)  # drop longer examples; none = no cap
     filter_dedup: bool = True
+    # each example whose reply takes an achievement the observation lists as ready, written this many times
+    filter_ready_repeats: int = Field(1, ge=1)
     filter_reasoning: Literal["keep", "subgoal", "drop"] = "keep"  # the trained reply's reasoning text
     filter_validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # of seeds, not of examples
     filter_validation_jsonl: Path | None = None  # default: OUTPUT_JSONL with a _val suffix

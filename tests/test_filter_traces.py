@@ -431,3 +431,21 @@ def test_an_unwritable_output_is_refused_before_reading(mixed_db, tmp_path):
     done = cli(tmp_path, "-d", str(mixed_db), "-o", "sft.jsonl", *OPEN)
     assert done.returncode == 2 and "OUTPUT_JSONL='sft.jsonl' is invalid: it is a folder" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft.jsonl"] and not any((tmp_path / "sft.jsonl").iterdir())
+
+
+def test_ready_repeats_weight_up_exactly_the_turns_that_take_a_ready_achievement(tmp_path, capsys):
+    db = tmp_path / "traces.db"
+    rollout(db, crafter_model="builtin:expert", crafter_tool_mode="text", crafter_difficulty="easy",
+            crafter_episodes=3, crafter_max_steps=30)
+    _, _, plain = run_filter(capsys, db, tmp_path / "plain.jsonl", *OPEN)
+    code, report, weighted = run_filter(capsys, db, tmp_path / "weighted.jsonl", *OPEN, "--ready-repeats", "3")
+    taking = [e for e in plain if filter_traces.takes_ready_achievement(e)]
+    assert code == 0 and taking and len(taking) < len(plain)
+    assert report["ready_examples"] == len(taking) and len(weighted) == len(plain) + 2 * len(taking)
+    copies = {}
+    for example in weighted:
+        copies[canonical(example)] = copies.get(canonical(example), 0) + 1
+    assert {canonical(e): 3 if e in taking else 1 for e in plain} == copies
+    first_action = {e["messages"][-1]["content"].rsplit("Actions: ", 1)[1].split(",")[0] for e in taking}
+    assert first_action <= {"place_plant", "place_table", "make_wood_pickaxe", "make_wood_sword", "sleep",
+                            "place_stone", "make_stone_pickaxe", "make_stone_sword"}

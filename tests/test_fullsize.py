@@ -1,5 +1,5 @@
 """The real size, offline: `local/qwen3-4b-shaped` (Qwen3-4B-Instruct-2507's exact config, random
-bf16 weights, 8 GB) through the real serve and the `openai` SDK on CPU. Two examples exported by
+bf16 weights, 8 GB) through the real serve and the `openai` SDK on CPU. One example exported by
 the real filter_traces, one epoch, batch 1, gradient checkpointing: the job succeeds, writes a
 checkpoint and a PEFT adapter vLLM's rules accept (7 x 36 x 2 LoRA tensors, 66 MB of bf16), PEFT
 loads it unmerged, the ft: model chats. Every serve process's peak memory is measured: the flow
@@ -26,7 +26,7 @@ from synth_qwen.tiny_model import QWEN3_4B_SHAPED_ID
 pytestmark = [pytest.mark.fullsize, pytest.mark.timeout(2 * 3600)]
 
 GIB = 1 << 30
-EXAMPLES = 2  # one single-turn episode each, in the tiny model's compact text prompt: ~250 tokens (a step of
+EXAMPLES = 1  # one training step; a single-turn episode, in the tiny model's compact text prompt: ~250 tokens (a step of
 # 900 tokens with the full prompt and tools costs ~3x as much on CPU, and proves nothing more about size)
 RANK = 16
 LAYERS = 36

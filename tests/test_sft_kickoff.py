@@ -130,8 +130,8 @@ def test_local_validation_names_the_line(tmp_path, server):
 
 
 def test_timeout_prints_how_to_keep_following(tmp_path, server):
-    big = write_jsonl(tmp_path / "big.jsonl", crafter_examples(60, seed=6))
-    done = kickoff(tmp_path, server.url + "/api", big, sft_timeout_s=1, sft_n_epochs=3)
+    big = write_jsonl(tmp_path / "big.jsonl", crafter_examples(16, seed=6))  # a worker's start alone takes > 1 s
+    done = kickoff(tmp_path, server.url + "/api", big, sft_timeout_s=1)
     assert done.returncode == 124
     state = json.loads((tmp_path / "state.json").read_text())
     assert f"SFT_JOB_ID={state['job_id']} python -m synth_qwen.sft_kickoff" in done.stdout
