@@ -21,9 +21,9 @@ DB="sqlite:///$WORK/traces.db"
 # context = inference context): a one-line system prompt, no history, text replies ("collect wood\n
 # Actions: move_left, do": no tools block, half the tokens of a tool call prompt), the teacher's
 # reasoning cut to its subgoal, and each turn where the teacher takes an achievement the observation lists
-# as ready written 4 times (docs/results.md "What makes the student better" measures each choice).
+# as ready written 6 times (docs/results.md "What makes the student better" measures each choice).
 export CRAFTER_DIFFICULTY=easy CRAFTER_PROMPT=compact CRAFTER_HISTORY=0 CRAFTER_MAX_TOKENS=64 \
-  CRAFTER_TOOL_MODE=text FILTER_REASONING=subgoal FILTER_READY_REPEATS=4
+  CRAFTER_TOOL_MODE=text FILTER_REASONING=subgoal FILTER_READY_REPEATS=6
 
 START=$SECONDS
 STAGE_START=$SECONDS
