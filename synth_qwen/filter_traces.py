@@ -163,10 +163,15 @@ def preference_pairs(session: Session, by_turn: dict, events: list[LMEvent], ste
     """(pair, metadata, event) per turn where the teacher would act otherwise than the student did:
     input = exactly the request the student's endpoint received, preferred = the teacher's reply in
     that state, non-preferred = the student's own reply (an invalid one too: it is worse than the
-    teacher's). A turn whose call failed has no reply to prefer against."""
+    teacher's). A turn whose call failed has no reply to prefer against; nor does a turn that began
+    asleep: whatever either says, Crafter sleeps (a tiny model tuned on those pairs learned to say
+    the teacher's "sleep until energy is full" everywhere)."""
     for teacher, event in teacher_turns(session, by_turn, events, steps, f):
         if teacher.agrees:
             f.pair_agreements += 1
+            continue
+        if teacher.asleep:
+            f.pair_asleep += 1
             continue
         reason = skip_reason(event, by_turn.get(teacher.turn, []))
         if reason and reason != "invalid reply":
@@ -335,6 +340,7 @@ class Funnel:
     relabel_diverged: int = 0  # sessions whose replay did not reproduce the trace: skipped
     first_divergence: str | None = None
     pair_agreements: int = 0  # dpo: turns where the student did exactly what the teacher would (no pair)
+    pair_asleep: int = 0  # dpo: turns that began asleep (every action is sleep: no pair)
     pairs_built: int = 0  # dpo: turns where they differ, before the token cap, validator and dedup
     episodes_skipped: Counter = field(default_factory=Counter)  # episode mode: reason -> episodes
     token_counter: str | None = None
@@ -394,7 +400,8 @@ def funnel_text(f: Funnel) -> str:
                      + (f" (first: {f.first_divergence})" if f.first_divergence else ""))
     if f.format == "dpo":
         lines.append(f"  preference pairs: {f.relabelled_turns:,} turns, {f.pair_agreements:,} where the student "
-                     f"did what the teacher would (no pair), {f.pairs_built:,} pairs (teacher preferred)")
+                     f"did what the teacher would (no pair), {f.pair_asleep:,} asleep (no pair), "
+                     f"{f.pairs_built:,} pairs (teacher preferred)")
     if f.episodes_skipped:
         lines.append("  episodes skipped: " + ", ".join(f"{n:,} ({why})" for why, n in f.episodes_skipped.items()))
     if f.token_counter:

@@ -30,6 +30,7 @@ class TeacherTurn:
     reply: dict  # the assistant message the teacher sends in the student's state
     differs: bool  # the student's turn was invalid (or its call failed), or began with another action
     agrees: bool = False  # the student executed exactly the teacher's actions (no preference between them)
+    asleep: bool = False  # the turn began asleep: Crafter turns every action into sleep until energy is full
 
 
 def teacher_replies(session: Session, events: list[LMEvent], by_turn: dict[int, list[Message]],
@@ -62,7 +63,8 @@ def teacher_replies(session: Session, events: list[LMEvent], by_turn: dict[int, 
         teacher.executed([row.action for row in student], tuple(int(v) for v in env._player.pos - start))
         reply = builtin_reply(actions, reasoning, tool_mode, session.session_id, turn).assistant_message()
         replies.append(TeacherTurn(turn, reply, differs=not student or student[0].action != actions[0],
-                                   agrees=[row.action for row in student] == list(actions)))
+                                   agrees=[row.action for row in student] == list(actions),
+                                   asleep=observation.sleeping))
         if student and student[-1].done_reason:
             break  # the episode ended on this turn
     return replies, None

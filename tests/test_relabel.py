@@ -1,6 +1,7 @@
 """Teacher relabelling (FILTER_RELABEL, DAgger) on trace DBs written by the real runner."""
 import asyncio
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -231,7 +232,7 @@ def test_preference_pairs_are_the_students_requests_with_the_teachers_reply_over
     pairs = [json.loads(line) for line in lines]
     assert code == 0 and pairs
     engine = tracing.open_db(f"sqlite:///{student_db}", create=False)
-    agreements = 0
+    agreements = sleeps = 0
     for session in db_sessions(student_db):
         sid = session.session_id
         requests = dict(tracing.rebuild_requests(engine, sid))
@@ -243,8 +244,10 @@ def test_preference_pairs_are_the_students_requests_with_the_teachers_reply_over
         for turn in requests:
             differ = executed_actions(steps, turn) != answers[turn]["actions"]
             failed = len(by_turn[turn]) < 2 or by_turn[turn][1].role != "assistant"  # no reply to prefer against
-            assert (turn in mine) == (differ and not failed), (sid, turn)
+            asleep = "You are asleep." in requests[turn]["messages"][-1]["content"]
+            assert (turn in mine) == (differ and not failed and not asleep), (sid, turn)
             agreements += not differ
+            sleeps += differ and asleep
         for turn, pair in mine.items():
             assert pair["input"]["messages"] == requests[turn]["messages"]  # exactly what the student was sent
             assert pair["input"]["tools"] == requests[turn]["tools"] and pair["input"]["parallel_tool_calls"] is False
@@ -254,10 +257,11 @@ def test_preference_pairs_are_the_students_requests_with_the_teachers_reply_over
             assert pair["metadata"]["relabelled_by"] == "builtin:expert" and "messages" not in pair
     engine.dispose()
     assert (report["pair_agreements"], report["pairs_built"]) == (agreements, len(pairs))
-    assert report["relabelled_turns"] == agreements + len(pairs) + report["turns_skipped"]["failed call"]
+    assert report["pair_asleep"] == sleeps
+    assert report["relabelled_turns"] == agreements + sleeps + len(pairs) + report["turns_skipped"]["failed call"]
     assert agreements > 0  # random play sometimes does what the teacher would
     assert (f"preference pairs: {report['relabelled_turns']} turns, {agreements} where the student did what the "
-            f"teacher would (no pair), {len(pairs)} pairs (teacher preferred)") in funnel
+            f"teacher would (no pair), {sleeps} asleep (no pair), {len(pairs)} pairs (teacher preferred)") in funnel
     assert "(turn mode, dpo)" in funnel and "pairs written" in funnel
     from synth_qwen.sft_format import validate_jsonl
     assert validate_jsonl(tmp_path / "pairs.jsonl", min_examples=1, method="dpo").ok
@@ -287,6 +291,28 @@ def test_pairs_keep_eval_seeds_out_and_split_by_seed(student_db, tmp_path, capsy
     assert not {p["metadata"]["seed"] for p in train} & {p["metadata"]["seed"] for p in validation}
     for pair in train + validation:
         assert filter_traces.in_validation(pair["metadata"]["seed"], 0.5) == (pair in validation)
+
+
+def test_turns_that_began_asleep_give_no_pair(tmp_path, capsys):
+    """Asleep, Crafter turns every action into sleep: the student's reply and the teacher's do the
+    same, so no pair may prefer one (a DPO job on such pairs learned to say "sleep" everywhere)."""
+    db = tmp_path / "traces.db"
+
+    def stay_up_then_sleep(body):  # awake until energy has dropped (~31 steps), then sleep
+        step = int(re.search(r"Step (\d+)", body["messages"][-1]["content"]).group(1))
+        return ScriptedEndpoint.interact(["noop"] * 5 if step < 45 else ["sleep"], "rest")
+
+    with ScriptedEndpoint(script=stay_up_then_sleep) as endpoint, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_BASE_URL", endpoint.base_url)
+        student = RolloutSettings(crafter_model="scripted", crafter_episodes=1, crafter_max_steps=16,
+                                  crafter_db_url=f"sqlite:///{db}")
+        asyncio.run(play(student, "sleeper", "rollout", "sleeper"))
+    code, report, lines, funnel = run_filter(capsys, db, tmp_path / "pairs.jsonl", *OPEN, *DPO)
+    pairs = [json.loads(line) for line in lines]
+    assert code == 0 and pairs and report["pair_asleep"] >= 2
+    assert not [p for p in pairs if "You are asleep." in p["input"]["messages"][-1]["content"]]
+    assert report["relabelled_turns"] == report["pair_agreements"] + report["pair_asleep"] + len(pairs)
+    assert f"{report['pair_asleep']} asleep (no pair)" in funnel
 
 
 def test_dpo_without_a_teacher_exits_2_with_one_line(tmp_path):
