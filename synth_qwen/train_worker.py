@@ -326,18 +326,33 @@ class LossOnLabels:
     assistant replies are a small part of each example, so most positions need no logits (measured on
     the tiny model, 4 x ~780 tokens of which 144 labelled: forward + backward 1.9-2.1 s instead of 2.4 s)."""
 
-    def __init__(self, model, compiled: bool):
+    def __init__(self, model, compiled: bool, warn):
         import torch
 
-        self.backbone, self.head = model.get_decoder(), model.get_output_embeddings()
-        if compiled:  # dynamic: one graph for every batch width
-            self.backbone = torch.compile(self.backbone, dynamic=True)
+        self.eager, self.head, self.warn = model.get_decoder(), model.get_output_embeddings(), warn
+        self.backbone = torch.compile(self.eager, dynamic=True) if compiled else self.eager  # dynamic: one graph for every width
+
+    def hidden(self, ids):
+        """The backbone's output; a compile that fails (no C++ compiler, a full disk under its cache)
+        costs speed, not the job: the eager backbone takes over."""
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        try:
+            return self.backbone(input_ids=ids).last_hidden_state
+        except BackendCompilerFailed as error:
+            if self.backbone is self.eager:
+                raise
+            self.backbone = self.eager
+            cause = getattr(error, "inner_exception", None) or error
+            self.warn(f"torch.compile failed ({type(cause).__name__}); training on uncompiled "
+                      "(SERVE_TRAIN_COMPILE=off skips the attempt)")
+            return self.backbone(input_ids=ids).last_hidden_state
 
     def __call__(self, ids, labels):
         """(loss, correct next tokens, labelled tokens)."""
         import torch
 
-        hidden = self.backbone(input_ids=ids).last_hidden_state[:, :-1]
+        hidden = self.hidden(ids)[:, :-1]
         targets = labels[:, 1:]
         keep = targets != -100
         logits = self.head(hidden[keep]).float()
@@ -430,7 +445,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
     def autocast():
         return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    loss_fn = LossOnLabels(model, compiled)
+    loss_fn = LossOnLabels(model, compiled, lambda message: reporter.event(message, level="warn"))
     params = [p for p in model.parameters() if p.requires_grad]
     peak = defaults["learning_rate"] * hyper.learning_rate_multiplier
     optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=defaults["weight_decay"],

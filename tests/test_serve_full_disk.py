@@ -43,7 +43,8 @@ def test_an_upload_onto_a_full_disk_is_a_507_naming_the_data_dir_and_serving_goe
 def test_a_job_that_cannot_write_its_weights_fails_saying_why_and_publishes_no_model(tmp_path):
     data_dir = (tmp_path / "data").resolve()
     tiny_model.ensure(data_dir, "micro")  # the 2 MB base is built while there is room; its checkpoints will not fit
-    server = Server(data_dir, file_size_limit=1 << 20, serve_tiny_size="micro").start()
+    # compile on: its C++ build fails on the full disk too, and the job must train on uncompiled to say why it failed
+    server = Server(data_dir, file_size_limit=1 << 20, serve_tiny_size="micro", serve_train_compile="on").start()
     try:
         client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         data = client.files.create(file=write_jsonl(tmp_path / "t.jsonl", crafter_examples(MIN_EXAMPLES, seed=6))
