@@ -3,7 +3,8 @@
 # A thin script: every step is the real module, called with env vars exactly as in the README's
 # step-by-step section. A second run reuses what exists (traces, the finished job, eval episodes).
 #   QUICKSTART_SMOKE=1   a reduced run (CI)       QUICKSTART_DIR=path   where everything goes
-#   ROUNDS=2             add a DAgger round (docs/results.md measures it)
+#   ROUNDS=1             stop after round 0 (teacher data only); the default 2 adds a DAgger round:
+#                        the student plays, the teacher relabels its turns, round 1 trains on both
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -12,7 +13,7 @@ if [ "${QUICKSTART_SMOKE:-0}" = 1 ]; then  # tiny sizes, and a DAgger round so t
   TEACHER_EPISODES=6  STUDENT_EPISODES=3  TURNS=8  EVAL_EPISODES=4  EPOCHS=1 ROUNDS=${ROUNDS:-2}
   WORK=${QUICKSTART_DIR:-runs/quickstart-smoke}
 else
-  TEACHER_EPISODES=40 STUDENT_EPISODES=20 TURNS=30 EVAL_EPISODES=50 EPOCHS=3 ROUNDS=${ROUNDS:-1}
+  TEACHER_EPISODES=40 STUDENT_EPISODES=20 TURNS=30 EVAL_EPISODES=50 EPOCHS=3 ROUNDS=${ROUNDS:-2}
   WORK=${QUICKSTART_DIR:-runs/quickstart}
 fi
 mkdir -p "$WORK"
