@@ -28,6 +28,11 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# What DevTools answers when the page navigated while it evaluated: a poll should try again.
+NAVIGATION_ERRORS = ("Inspected target navigated or closed", "Execution context was destroyed",
+                     "Cannot find context with specified id")
+
+
 class BrowserError(Exception):
     pass
 
@@ -118,7 +123,12 @@ class Browser:
         """Poll until the expression is truthy; its value."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            value = await self.eval(expression)
+            try:
+                value = await self.eval(expression)
+            except BrowserError as error:
+                if not any(text in str(error) for text in NAVIGATION_ERRORS):
+                    raise
+                value = None  # the page is being replaced (a click navigated): ask the new one
             if value:
                 return value
             await asyncio.sleep(0.05)
