@@ -82,6 +82,13 @@ class Episode:
                if self.tool_mode == "tools" else "answer 'Actions: name, name'")
         return f"Your previous reply was invalid ({reason}); the game did not advance. Please {how}."
 
+    def last_actions_line(self) -> str | None:
+        """CRAFTER_LAST_ACTIONS: the actions the env executed on the last valid turn."""
+        if not self.s.crafter_last_actions or not self.history:
+            return None
+        last_turn = self.history[-1]
+        return f"Your last actions: {', '.join(step.action for step in self.steps if step.turn == last_turn)}."
+
     def add_message(self, turn: int, role: str, content: str | None, tool_calls=None, tool_call_id=None):
         message = Message(turn, len(self.by_turn.get(turn, [])), role, content, tool_calls or None, tool_call_id)
         self.by_turn.setdefault(turn, []).append(message)
@@ -97,7 +104,8 @@ class Episode:
         observation = observe(env)
         feedback, consecutive_invalid = None, 0
         for turn in range(self.s.crafter_max_steps):
-            text = observation.text if feedback is None else f"{feedback}\n{observation.text}"
+            lines = [feedback, self.last_actions_line(), observation.text]
+            text = "\n".join(line for line in lines if line)
             self.add_message(turn, "user", text)
             history = self.history[-self.s.crafter_history:] if self.s.crafter_history else []
             request = tracing.request_messages(self.system, self.by_turn, turn, history)
@@ -242,6 +250,7 @@ class Runner:
             "owner": self.owner,
             "metadata": {"episode_index": seed - self.first_seed, "max_turns": self.s.crafter_max_steps,
                          "actions_per_turn": self.s.crafter_actions_per_turn, "history": self.s.crafter_history,
+                         "last_actions": self.s.crafter_last_actions,
                          "tool_mode": self.tool_mode, "protocol": self.s.protocol,
                          "sampling_seed": self.endpoint.seed_base() if self.endpoint else None}}
 

@@ -290,6 +290,9 @@ class RolloutSettings(Settings):
     crafter_seed: int = Field(1, ge=0, lt=2**31 - 1)  # episode i plays seed + i
     crafter_concurrency: int = Field(8, ge=1, le=1024)
     crafter_history: int = Field(2, ge=0, le=64)  # earlier turns included in each prompt
+    # A line 'Your last actions: a, b.' before each observation (after the first valid turn): what
+    # the model did last, for a prompt without history, at a few tokens instead of a whole turn.
+    crafter_last_actions: bool = False
     crafter_temperature: float = Field(0.7, ge=0.0, le=2.0)
     # Each sampled call sends seed = hash(this, episode seed, turn): a sampled run repeats exactly,
     # and two models on the same episode seeds draw the same random numbers. off: no seed sent.

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from synth_qwen import action_schema, tracing
+from synth_qwen import action_schema, relabel, tracing
 from synth_qwen.scripted_endpoint import ScriptedEndpoint
 from rollout_helpers import count_rows, db_sessions, rollout_env, run_module, run_module_capped, wait_until_finished
 
@@ -359,3 +359,23 @@ def test_a_sampled_run_repeats_exactly_and_the_seed_is_part_of_the_rebuilt_reque
     assert len(first) == 2 * 4 and first == again
     assert other != first  # another seed base draws other replies
     assert {body["seed"] for body in bodies} == {tracing.sampling_seed(0, seed, turn) for seed, turn, _ in first}
+
+
+def test_the_last_actions_line_shows_what_ran_last_and_the_teacher_can_still_relabel_the_episode(tmp_path):
+    with ScriptedEndpoint() as endpoint:
+        done = run(tmp_path, endpoint, crafter_tool_mode="text", crafter_prompt="compact", crafter_history=0,
+                   crafter_episodes=1, crafter_max_steps=4, crafter_last_actions=True)
+    assert done.returncode == 0, done.stderr
+    engine = tracing.open_db(f"sqlite:///{tmp_path / 'traces.db'}", create=False)
+    [session] = tracing.sessions(engine)
+    with engine.connect() as conn:
+        steps = tracing.session_steps(conn, session.session_id)
+        events = tracing.session_events(conn, session.session_id)
+        by_turn = tracing.session_turn_messages(conn, session.session_id)
+    sent = [body["messages"][-1]["content"] for body in endpoint.requests]
+    assert len(sent) == 4 and "Your last actions" not in sent[0]
+    for turn in range(1, 4):
+        ran = ", ".join(step.action for step in steps if step.turn == turn - 1)
+        assert sent[turn].startswith(f"Your last actions: {ran}.\n")
+    replies, divergence = relabel.teacher_replies(session, events, by_turn, steps)
+    assert divergence is None and len(replies) == 4
