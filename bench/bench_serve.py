@@ -148,11 +148,12 @@ def main() -> None:
     server = Server(work / "data", serve_tiny_size=SIZE).start()
     try:
         client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=600)
-        from synth_qwen.train_worker import bf16_is_fast, fast_path
+        from synth_qwen.train_worker import COMPILE_MIN_TOKENS, bf16_is_fast, fast_path
 
-        bf16, compiled = fast_path("cpu", "auto", "auto")
-        print(f"this CPU computes bf16 natively: {bf16_is_fast('cpu')}; the service's fast path here: "
-              f"{'bf16 autocast' if bf16 else 'fp32'}{' + compile' if compiled else ''}", flush=True)
+        for planned, job_kind in ((0, "a short job (like this one)"), (COMPILE_MIN_TOKENS, "a job of 1 M tokens or more")):
+            bf16, compiled = fast_path("cpu", "auto", "auto", planned)
+            print(f"this CPU computes bf16 natively: {bf16_is_fast('cpu')}; the service's path for {job_kind}: "
+                  f"{'bf16 autocast' if bf16 else 'fp32'}{' + compile' if compiled else ''}", flush=True)
         service, plain = [], {name: [] for name in PLAIN_LOOPS}
         for _ in range(ROUNDS):  # alternated, so all see the same machine load
             service.append(service_training(client, data_path))

@@ -43,6 +43,9 @@ LORA_ALPHA_PER_RANK = 2
 LOGS_PER_RUN = 50  # metrics events per job, whatever its length
 GROUP_WINDOW = 32  # length-grouped batching sorts this many batches' rows at a time
 MAX_GRAD_NORM = 1.0
+# torch.compile's steady gain over bf16 eager was x1.08 here, after 7 s (warm cache) to 23 s (cold) more
+# start-up: it breaks even at about 1.1 M (warm) to 3.7 M (cold) trained tokens (bench_train_paths.py).
+COMPILE_MIN_TOKENS = 1_000_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,12 +289,13 @@ def bf16_is_fast(device: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def fast_path(device: str, precision: str, compile_setting: str) -> tuple[bool, bool]:
+def fast_path(device: str, precision: str, compile_setting: str, planned_tokens: int) -> tuple[bool, bool]:
     """(bf16 autocast, torch.compile) for this job: SERVE_TRAIN_PRECISION / SERVE_TRAIN_COMPILE,
-    "auto" meaning bf16 where the device has it and compile only on top of it (compile alone paid
-    too little for its warm-up on CPU; see docs/benchmarks.md, serve)."""
+    "auto" meaning bf16 where the device has it, and compile only on top of it and only for a job
+    long enough to pay back its warm-up (compile alone paid too little on CPU, and a short job got
+    slower; see docs/benchmarks.md, serve)."""
     bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
-    compiled = compile_setting == "on" or (compile_setting == "auto" and bf16)
+    compiled = compile_setting == "on" or (compile_setting == "auto" and bf16 and planned_tokens >= COMPILE_MIN_TOKENS)
     return bf16, compiled
 
 
@@ -436,7 +440,7 @@ def train(spec: TrainingSpec, job_dir: Path, reporter: Reporter) -> None:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     model.to(device).train()
-    bf16, compiled = fast_path(device, spec.precision, spec.compile)
+    bf16, compiled = fast_path(device, spec.precision, spec.compile, tokens_per_epoch * hyper.n_epochs)
     compiled = compiled and not checkpointing
     weights = next(model.parameters()).dtype
     bf16 = bf16 and weights == torch.float32  # a bf16 base (real Qwen on a GPU) needs no autocast

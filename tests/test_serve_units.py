@@ -3,7 +3,7 @@ import json
 
 from serve_helpers import crafter_examples
 from synth_qwen.qwen_format import parse_tool_calls
-from synth_qwen.train_worker import auto_epochs
+from synth_qwen.train_worker import COMPILE_MIN_TOKENS, auto_epochs, fast_path
 
 
 def test_tool_calls_parse_into_openai_shape():
@@ -73,3 +73,12 @@ def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
     while batch.rows:
         answers += batch.step()
     assert sorted(answers, key=lambda answer: answer.id) == solo
+
+
+def test_auto_compiles_only_a_bf16_job_long_enough_to_pay_back_the_warm_up():
+    long_job, short_job = COMPILE_MIN_TOKENS, COMPILE_MIN_TOKENS - 1
+    assert fast_path("cpu", "bf16", "auto", long_job) == (True, True)
+    assert fast_path("cpu", "bf16", "auto", short_job) == (True, False)
+    assert fast_path("cpu", "fp32", "auto", long_job) == (False, False)
+    assert fast_path("cpu", "fp32", "on", short_job) == (False, True)
+    assert fast_path("cpu", "bf16", "off", long_job) == (True, False)
