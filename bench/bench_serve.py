@@ -151,7 +151,7 @@ def main() -> None:
         from synth_qwen.train_worker import COMPILE_MIN_TOKENS, bf16_is_fast, fast_path
 
         for planned, job_kind in ((0, "a short job (like this one)"), (COMPILE_MIN_TOKENS, "a job of 1 M tokens or more")):
-            bf16, compiled = fast_path("cpu", "auto", "auto", planned)
+            bf16, compiled = fast_path("cpu", "auto", "auto", planned)  # compile: CUDA only (not reproducible on CPU)
             print(f"this CPU computes bf16 natively: {bf16_is_fast('cpu')}; the service's path for {job_kind}: "
                   f"{'bf16 autocast' if bf16 else 'fp32'}{' + compile' if compiled else ''}", flush=True)
         service, plain = [], {name: [] for name in PLAIN_LOOPS}

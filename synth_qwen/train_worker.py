@@ -43,8 +43,8 @@ LORA_ALPHA_PER_RANK = 2
 LOGS_PER_RUN = 50  # metrics events per job, whatever its length
 GROUP_WINDOW = 32  # length-grouped batching sorts this many batches' rows at a time
 MAX_GRAD_NORM = 1.0
-# torch.compile's steady gain over bf16 eager was x1.08 here, after 7 s (warm cache) to 23 s (cold) more
-# start-up: it breaks even at about 1.1 M (warm) to 3.7 M (cold) trained tokens (bench_train_paths.py).
+# torch.compile, where `auto` uses it (CUDA), only pays back its warm-up on a long job: on this CPU its
+# steady gain over bf16 eager was x1.08 after 7-23 s more start-up, even at 1.1-3.7 M trained tokens.
 COMPILE_MIN_TOKENS = 1_000_000
 
 
@@ -291,11 +291,13 @@ def bf16_is_fast(device: str) -> bool:
 
 def fast_path(device: str, precision: str, compile_setting: str, planned_tokens: int) -> tuple[bool, bool]:
     """(bf16 autocast, torch.compile) for this job: SERVE_TRAIN_PRECISION / SERVE_TRAIN_COMPILE,
-    "auto" meaning bf16 where the device has it, and compile only on top of it and only for a job
-    long enough to pay back its warm-up (compile alone paid too little on CPU, and a short job got
-    slower; see docs/benchmarks.md, serve)."""
+    "auto" meaning bf16 where the device has it, and compile only on CUDA, on top of bf16, for a job
+    long enough to pay back its warm-up. Never on CPU by default: there its backward is not
+    bit-reproducible (the same job twice gives other losses from step 2 on; bf16 and fp32 eager are)
+    and it gains 8 % (docs/benchmarks.md, serve)."""
     bf16 = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
-    compiled = compile_setting == "on" or (compile_setting == "auto" and bf16 and planned_tokens >= COMPILE_MIN_TOKENS)
+    compiled = compile_setting == "on" or (
+        compile_setting == "auto" and device == "cuda" and bf16 and planned_tokens >= COMPILE_MIN_TOKENS)
     return bf16, compiled
 
 

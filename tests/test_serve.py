@@ -149,6 +149,26 @@ def test_a_fine_tuned_model_fine_tunes_further_from_its_own_weights(client, trai
     assert reply.model == job.fine_tuned_model
 
 
+def test_the_same_job_again_trains_the_same_model(client, trained_job):
+    """Reproducible: the same file, seed and hyperparameters give the same loss at every step and the same
+    greedy reply, on serve's default path (bf16 autocast where the CPU has bf16, else fp32; on CPU never
+    compiled: a compiled job's losses differed from step 2 on)."""
+    again = client.fine_tuning.jobs.create(model=TINY, training_file=trained_job.training_file, method=ONE_EPOCH,
+                                           suffix="crafter", seed=7)
+    again = wait_for_job(client, again.id)
+    assert again.status == "succeeded", again.error
+
+    def losses(job_id):
+        events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
+        return sorted((e.data["step"], e.data["train_loss"]) for e in events if e.type == "metrics")
+    assert len(losses(trained_job.id)) == 3 and losses(again.id) == losses(trained_job.id)
+    example = crafter_examples(3, seed=99)[-1]
+    replies = [client.chat.completions.create(model=model, messages=example["messages"][:-1], tools=example["tools"],
+                                              temperature=0, max_tokens=16).choices[0].message
+               for model in (trained_job.fine_tuned_model, again.fine_tuned_model)]
+    assert replies[0].content == replies[1].content and replies[0].tool_calls == replies[1].tool_calls
+
+
 def test_training_changes_what_the_model_says(client, tmp_path):
     """Train only on `interact` calls with valid actions; the loss must fall steeply.
 

@@ -75,10 +75,12 @@ def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
     assert sorted(answers, key=lambda answer: answer.id) == solo
 
 
-def test_auto_compiles_only_a_bf16_job_long_enough_to_pay_back_the_warm_up():
+def test_auto_compiles_only_a_long_bf16_job_on_cuda_never_on_cpu_where_compiled_training_is_not_reproducible():
     long_job, short_job = COMPILE_MIN_TOKENS, COMPILE_MIN_TOKENS - 1
-    assert fast_path("cpu", "bf16", "auto", long_job) == (True, True)
-    assert fast_path("cpu", "bf16", "auto", short_job) == (True, False)
+    assert fast_path("cuda", "bf16", "auto", long_job) == (True, True)
+    assert fast_path("cuda", "bf16", "auto", short_job) == (True, False)
+    assert fast_path("cpu", "bf16", "auto", long_job) == (True, False)
+    assert fast_path("cpu", "bf16", "on", short_job) == (True, True)
     assert fast_path("cpu", "fp32", "auto", long_job) == (False, False)
     assert fast_path("cpu", "fp32", "on", short_job) == (False, True)
     assert fast_path("cpu", "bf16", "off", long_job) == (True, False)
