@@ -26,7 +26,7 @@ ITEM_MAX = {name: info["max"] for name, info in constants.items.items()}
 TOOLS = ("wood_pickaxe", "wood_sword", "stone_pickaxe", "stone_sword", "iron_pickaxe", "iron_sword")
 
 STONE_RESERVE = 9        # stone is cheap once you can mine: keep the pocket full for shelters
-SAPLING_TRIES = 8        # turns of `do` on grass (10 % each) before giving up on a sapling
+SAPLING_TRIES = 40       # `do`s on grass (10 % each: 98 % find one) before giving up on a sapling
 NEAR = 12                # a station farther than this (in steps) is not worth walking back to
 WAKE_UP_TRIES = 2        # a nap woken by damage earns nothing; don't keep trying in the open
 NAP_ENERGY = 7           # a nap in the open lasts ~11 steps per missing energy point: only short ones
@@ -37,6 +37,8 @@ HEALED = 8               # ... until it is back to this
 NIGHT_HEALTH = 3         # with more health than this, a hungry or thirsty player stays walled in until morning
 DUSK = 0.5               # falling daylight under this: wall in before the zombies come
 MORNING = 0.6            # daylight at which a sheltered player walks out (zombies linger at dawn)
+ORE_NEAR_STATES = 300    # search budget that makes an ore "close by" (about 10 steps)
+COW_STALE = 60           # cows wander: ground not seen for this many steps may hold one again
 NEAR_HOSTILE = 6         # a hostile this close (and no shelter around us): send at most 2 actions
 
 
@@ -148,7 +150,8 @@ class ExpertAgent:
             return self.moves.dig_out()
         if min(vitals["drink"], vitals["food"]) <= URGENT - 1 or vitals["food"] <= URGENT < vitals["drink"]:
             want = "water" if vitals["drink"] <= vitals["food"] else "cows"
-            actions, reason = self.moves.explore()
+            actions, reason = (self.moves.explore_frontier(None if want == "water" else COW_STALE)
+                               or self.moves.explore())
             return actions, reason.replace("explore", f"explore for {want}")
         return None
 
@@ -177,7 +180,9 @@ class ExpertAgent:
         vitals = self.obs.vitals
         tired = vitals["energy"] <= 3
         hurt = vitals["health"] <= HURT or (self._inside() and vitals["health"] < HEALED)
-        dark = self.obs.is_night or self._dusk() or (self._inside() and self.obs.daylight < MORNING)
+        # Zombies gather round a shelter in the night and hit the moment it opens: stay in till they go.
+        dark = self.obs.is_night or self._dusk() or (self._inside() and (
+            self.obs.daylight < MORNING or self.world.hostile_within(VIEW_WIDTH)))
         starving = min(vitals["drink"], vitals["food"]) <= URGENT - 2 and not (dark and self._night_wait())
         if starving or not (dark or tired or hurt):
             self.shelter = None
@@ -276,6 +281,19 @@ class ExpertAgent:
             return self.moves.go_do("ripe plant", "eat plant", 1, max_states=1500)
         return None
 
+    def _ore_nearby(self):
+        """Coal, iron or a diamond a few steps away that we can mine and still want: mine it now
+        (coal and iron sit in the stone we mine anyway; later the walk back costs more)."""
+        for name in ("diamond", "iron", "coal"):
+            want = sum(MAKE[t]["uses"].get(name, 0) for t in self._missing_tools())
+            if f"collect_{name}" in self.obs.achievements and self.world.inventory.get(name, 0) >= want:
+                continue
+            if uses_met(self.world.inventory, COLLECT[name]["require"]) and self.world.known(name):
+                plan = self.moves.go_do(name, f"collect {name}, close by", 1, max_states=ORE_NEAR_STATES)
+                if plan:
+                    return plan
+        return None
+
     def _missing_tools(self) -> list[str]:
         return [tool for tool in TOOLS if not self.world.has(tool)]
 
@@ -363,7 +381,7 @@ class ExpertAgent:
         plan = self.moves.go_face(lambda c: self.world.map.get(c) == "grass" and c not in self.world.objects, 300)
         if plan is None:
             return None
-        self.sapling_tries += 1
+        self.sapling_tries += self.max_actions  # one turn sends this many `do`s
         return plan + ["do"] * self.max_actions, "subgoal: collect sapling, search the grass"
 
     def _stone_needed(self) -> int:
@@ -445,6 +463,7 @@ class ExpertAgent:
         _cheap_wins,
         _shelter,
         _opportunities,
+        _ore_nearby,
         _craft,
         _collect_wood,
         _place_table,

@@ -46,6 +46,8 @@ class WorldMemory:
         self.last_objects: dict[tuple[int, int], str] = {}
         self.inventory: dict[str, int] = {}
         self.zombie_seen_step = NEVER_SEEN
+        self.seen_at: dict[tuple[int, int], int] = {}  # position -> the last step it was in view
+        self.step = 0
 
     def update(self, obs: Observation) -> None:
         self.inventory = dict(obs.inventory)
@@ -123,8 +125,10 @@ class WorldMemory:
     # -- what is where ------------------------------------------------------------------
     def _remember(self, obs: Observation) -> None:
         self.last_objects = {}
+        self.step = obs.step
         for dx, dy in view_offsets():
             cell = (self.pos[0] + dx, self.pos[1] + dy)
+            self.seen_at[cell] = obs.step
             name = obs.view.get((dx, dy), "edge")  # cells past the world's border are absent
             self.plants.discard(cell)
             self.cows.pop(cell, None)

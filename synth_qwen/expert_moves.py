@@ -10,8 +10,9 @@ import math
 import random
 from collections import deque
 
-from synth_qwen.expert_memory import COLLECT, CREATURES, PLACE, WorldMemory, uses_met
-from synth_qwen.grid import DIRECTION_OF, MOVE_FOR, SEARCH_ORDER, add, manhattan, shortest_moves
+from synth_qwen.expert_memory import COLLECT, CREATURES, NEVER_SEEN as NEVER, PLACE, WorldMemory, uses_met
+from synth_qwen.grid import (DIRECTION_OF, HALF_HEIGHT, HALF_WIDTH, MOVE_FOR, SEARCH_ORDER, add, manhattan,
+                             shortest_moves)
 
 
 class Moves:
@@ -22,6 +23,7 @@ class Moves:
         self.random = random.Random(seed)
         self.explore_goal: tuple[int, int] | None = None
         self.explore_stuck = 0
+        self.frontier_goal: tuple[int, int] | None = None
 
     # -- paths ---------------------------------------------------------------------------
     def search(self, goal, max_states: int = 5000, through=None):
@@ -135,6 +137,37 @@ class Moves:
                     return path, f"subgoal: explore, heading {world.where(goal)}"
             self.explore_stuck = 3
         return self.dig_out()
+
+    def explore_frontier(self, stale: int | None = None, max_states: int = 8000):
+        """Walk to the nearest cell from which the view shows ground never seen (or, with `stale`,
+        not seen for that many steps: cows wander into ground seen before). Heading off in a random
+        direction mostly sees old ground again. The goal is kept until reached or seen: re-choosing
+        each turn turns back and forth."""
+        world = self.world
+        edges = [(x, y) for x in (-HALF_WIDTH, 0, HALF_WIDTH) for y in (-HALF_HEIGHT, 0, HALF_HEIGHT) if (x, y) != (0, 0)]
+        before = NEVER if stale is None else world.step - stale
+
+        def frontier(pos) -> bool:
+            return any(world.seen_at.get(add(pos, e), NEVER - 1) < before for e in edges)
+        goal = self.frontier_goal
+        if goal is None or goal == world.pos or not frontier(goal):
+            path = self.search(lambda pos, facing: pos != world.pos and frontier(pos), max_states)
+            if not path:
+                self.frontier_goal = None
+                return None
+            goal = self.frontier_goal = self.walked_to(path)
+        path = self.search(lambda pos, facing: pos == goal, max_states)
+        if not path:
+            self.frontier_goal = None
+            return None
+        return path, f"subgoal: explore, toward ground not seen {'yet' if stale is None else 'lately'} {world.where(goal)}"
+
+    def walked_to(self, path):
+        pos = self.world.pos
+        for action in path:
+            if self.world.enterable(add(pos, DIRECTION_OF[action])):
+                pos = add(pos, DIRECTION_OF[action])
+        return pos
 
     def dig_out(self):
         """Walled in (a shelter, a tunnel): mine a way out, or at least turn and look."""
