@@ -6,8 +6,11 @@ walks a prioritized table of subgoals (`ExpertAgent.SUBGOALS`) and takes the fir
 
     sleeping → fight → drink to full at the water → urgent drink/food (no long walks in the dark)
     → cheap wins (a new achievement one action away, the first sapling, one short nap for wake_up)
-    → shelter at dusk, at night and when hurt → craft → wood → table → sapling →
-    stone → place_stone → furnace → coal → iron → diamond → top up drink/food → eat plant → explore
+    → shelter at dusk, at night and when hurt (walled in till no hostile is in view) → nearby drink,
+    cow, ripe plant → coal/iron/diamond a few steps away → craft → wood → table → sapling → stone →
+    place_stone → furnace → coal → iron → diamond → top up drink/food → explore
+
+Hungry or thirsty with nothing known, it heads for ground it has not seen (for cows: not lately).
 
 Recipe costs come from `crafter.constants` at run time. Of a plan it sends only the prefix whose
 every outcome is predictable and safe (`Moves.safe_prefix`).
