@@ -10,7 +10,7 @@ import math
 import random
 from collections import deque
 
-from synth_qwen.expert_memory import COLLECT, CREATURES, NEVER_SEEN as NEVER, PLACE, WorldMemory, uses_met
+from synth_qwen.expert_memory import COLLECT, CREATURES, PLACE, WorldMemory, uses_met
 from synth_qwen.grid import (DIRECTION_OF, HALF_HEIGHT, HALF_WIDTH, MOVE_FOR, SEARCH_ORDER, add, manhattan,
                              shortest_moves)
 
@@ -64,13 +64,17 @@ class Moves:
             return None
         return path + [action], f"subgoal: {reason}, {world.where(self.faced_after(path))}"
 
-    def faced_after(self, path):
+    def end_of(self, path):
+        """Where the moves of `path` leave us, and facing which way (a blocked move only turns)."""
         pos, facing = self.world.pos, self.world.facing
         for action in path:
-            d = DIRECTION_OF[action]
-            facing = d
-            if self.world.enterable(add(pos, d)):
-                pos = add(pos, d)
+            facing = DIRECTION_OF[action]
+            if self.world.enterable(add(pos, facing)):
+                pos = add(pos, facing)
+        return pos, facing
+
+    def faced_after(self, path):
+        pos, facing = self.end_of(path)
         return add(pos, facing)
 
     def reachable(self, limit: int) -> dict:
@@ -144,30 +148,27 @@ class Moves:
         direction mostly sees old ground again. The goal is kept until reached or seen: re-choosing
         each turn turns back and forth."""
         world = self.world
-        edges = [(x, y) for x in (-HALF_WIDTH, 0, HALF_WIDTH) for y in (-HALF_HEIGHT, 0, HALF_HEIGHT) if (x, y) != (0, 0)]
-        before = NEVER if stale is None else world.step - stale
+        # what a view from there shows at its corners and edge midpoints
+        border = [(x, y) for x in (-HALF_WIDTH, 0, HALF_WIDTH) for y in (-HALF_HEIGHT, 0, HALF_HEIGHT) if x or y]
+
+        def unseen(cell) -> bool:
+            seen = world.seen_at.get(cell)
+            return seen is None or (stale is not None and seen < world.step - stale)
 
         def frontier(pos) -> bool:
-            return any(world.seen_at.get(add(pos, e), NEVER - 1) < before for e in edges)
+            return any(unseen(add(pos, offset)) for offset in border)
         goal = self.frontier_goal
         if goal is None or goal == world.pos or not frontier(goal):
             path = self.search(lambda pos, facing: pos != world.pos and frontier(pos), max_states)
             if not path:
                 self.frontier_goal = None
                 return None
-            goal = self.frontier_goal = self.walked_to(path)
+            goal = self.frontier_goal = self.end_of(path)[0]
         path = self.search(lambda pos, facing: pos == goal, max_states)
         if not path:
             self.frontier_goal = None
             return None
         return path, f"subgoal: explore, toward ground not seen {'yet' if stale is None else 'lately'} {world.where(goal)}"
-
-    def walked_to(self, path):
-        pos = self.world.pos
-        for action in path:
-            if self.world.enterable(add(pos, DIRECTION_OF[action])):
-                pos = add(pos, DIRECTION_OF[action])
-        return pos
 
     def dig_out(self):
         """Walled in (a shelter, a tunnel): mine a way out, or at least turn and look."""

@@ -94,7 +94,9 @@ def holds_episodes(db_url: str, pid: int, incomplete) -> bool:
 
 def inside_a_write(db_url: str) -> bool:
     """Whether some process is inside a write transaction. One frozen there keeps its locks (SQLite's one
-    write lock; on PostgreSQL the rows it wrote) until it resumes: a limit of locks, not of the lease."""
+    write lock; on PostgreSQL the rows it wrote) until it resumes: a limit of locks, not of the lease.
+    On PostgreSQL a statement still running counts too: frozen before its COMMIT, it holds its rows
+    once the server finishes it."""
     path = tracing.sqlite_path(db_url)
     if path is None:
         engine = sa.create_engine(tracing.sqlalchemy_url(db_url))
@@ -102,7 +104,7 @@ def inside_a_write(db_url: str) -> bool:
             with engine.connect() as conn:
                 return conn.execute(sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")).scalar() > 0
+                    "AND pid <> pg_backend_pid() AND (state = 'active' OR state LIKE 'idle in transaction%')")).scalar() > 0
         finally:
             engine.dispose()
     db = sqlite3.connect(path, timeout=0.2, isolation_level=None)
