@@ -288,10 +288,8 @@ class ExpertAgent:
         """Coal, iron or a diamond a few steps away that we can mine and still want: mine it now
         (coal and iron sit in the stone we mine anyway; later the walk back costs more)."""
         for name in ("diamond", "iron", "coal"):
-            want = sum(MAKE[t]["uses"].get(name, 0) for t in self._missing_tools())
-            if f"collect_{name}" in self.obs.achievements and self.world.inventory.get(name, 0) >= want:
-                continue
-            if uses_met(self.world.inventory, COLLECT[name]["require"]) and self.world.known(name):
+            if self._ore_wanted(name) and uses_met(self.world.inventory, COLLECT[name]["require"]) \
+                    and self.world.known(name):
                 plan = self.moves.go_do(name, f"collect {name}, close by", 1, max_states=ORE_NEAR_STATES)
                 if plan:
                     return plan
@@ -427,17 +425,17 @@ class ExpertAgent:
             return None
         return path + ["do"], f"subgoal: {reason}, tunnel toward {name} {self.world.where(target)}"
 
+    def _ore_wanted(self, name: str) -> bool:
+        """Fewer of `name` than the missing tools use, or none collected yet (its achievement)."""
+        needed = sum(MAKE[t]["uses"].get(name, 0) for t in self._missing_tools())
+        first = 1 if f"collect_{name}" not in self.obs.achievements else 0
+        return self.world.inventory.get(name, 0) < max(needed, first)
+
     def _collect_coal(self):
-        coal_needed = sum(MAKE[t]["uses"].get("coal", 0) for t in self._missing_tools())
-        if self.world.inventory.get("coal", 0) >= max(coal_needed, 1 if "collect_coal" not in self.obs.achievements else 0):
-            return None
-        return self._mine("coal", "collect coal")
+        return self._mine("coal", "collect coal") if self._ore_wanted("coal") else None
 
     def _collect_iron(self):
-        iron_needed = sum(MAKE[t]["uses"].get("iron", 0) for t in self._missing_tools())
-        if self.world.inventory.get("iron", 0) >= max(iron_needed, 1 if "collect_iron" not in self.obs.achievements else 0):
-            return None
-        return self._mine("iron", "collect iron")
+        return self._mine("iron", "collect iron") if self._ore_wanted("iron") else None
 
     def _collect_diamond(self):
         return self._mine("diamond", "collect diamond")

@@ -159,12 +159,11 @@ class Moves:
             return any(unseen(add(pos, offset)) for offset in border)
         goal = self.frontier_goal
         if goal is None or goal == world.pos or not frontier(goal):
+            # breadth-first: the first state at the new goal is also the shortest way to it
             path = self.search(lambda pos, facing: pos != world.pos and frontier(pos), max_states)
-            if not path:
-                self.frontier_goal = None
-                return None
-            goal = self.frontier_goal = self.end_of(path)[0]
-        path = self.search(lambda pos, facing: pos == goal, max_states)
+            goal = self.frontier_goal = self.end_of(path)[0] if path else None
+        else:
+            path = self.search(lambda pos, facing: pos == goal, max_states)
         if not path:
             self.frontier_goal = None
             return None
