@@ -15,7 +15,13 @@
    worker playing turns in a row like a Crafter episode (~800-token prompts). Two reply shapes:
    every reply runs to max_tokens=100 (the random-init base model never stops), and replies of
    40-80 tokens (max_tokens drawn per turn, like fine-tuned tool calls of varying length).
-   Concurrencies are interleaved over CHAT_REPEATS rounds; medians.
+   Concurrencies are interleaved over CHAT_REPEATS rounds; medians. Each turn shows a new
+   observation after the system prompt (CRAFTER_HISTORY=0's shape: turns share the system prompt
+   and tools, as with the default sliding history).
+4. full-history episodes (CRAFTER_HISTORY >= turns - 1, what FILTER_MODE=episode needs: each turn
+   extends the episode's conversation) at concurrency 1 and 16, through serve with its prompt cache
+   (SERVE_PREFIX_CACHE_MB, the default) and with the last prompt only (=0, the path before it),
+   side by side in one run.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ PROMPT_TOKENS, GEN_TOKENS, GEN_RUNS = 600, 64, 7
 CONCURRENCY = (1, 8, 16, 32)
 TURNS = {1: 8, 8: 3, 16: 2, 32: 2}  # turns per worker
 CHAT_REPEATS = 2
+HISTORY_TURNS, HISTORY_CONCURRENCY = 5, (1, 16)  # turns per full-history episode; replies of 40-80 tokens
 REPLY_SHAPES = {"to max_tokens=100": lambda rng: 100, "40-80 tokens": lambda rng: rng.randint(40, 80)}
 
 
@@ -122,6 +129,27 @@ def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float
     return statistics.median(decodes[1:]), statistics.median(prefills[1:]), len(prompt_ids(tokenizer, request))
 
 
+def history_chat_rate(client, examples: list[dict], concurrency: int, seed: int) -> float:
+    """Turns/s of full-history episodes: turn t sends the system prompt, every earlier turn (its
+    observation, the call made and the tool's answer) and the new observation."""
+    def episode(worker: int) -> int:
+        rng = random.Random(seed * 1000 + worker)
+        messages = [examples[0]["messages"][0]]
+        for turn in range(HISTORY_TURNS):
+            example = examples[(worker * 7 + turn) % len(examples)]
+            observation, call = example["messages"][-2], example["messages"][-1]
+            messages.append(observation)
+            client.chat.completions.create(model="local/tiny-qwen3", messages=messages, tools=example["tools"],
+                                           max_tokens=rng.randint(40, 80), temperature=1.0, seed=rng.randrange(1 << 30))
+            messages += [call, {"role": "tool", "tool_call_id": call["tool_calls"][0]["id"], "content": "done"}]
+        return HISTORY_TURNS
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        turns = sum(pool.map(episode, range(concurrency)))
+    return turns / (time.perf_counter() - started)
+
+
 def chat_rate(client, examples: list[dict], concurrency: int, reply_tokens, seed: int) -> float:
     def episode(worker: int) -> int:
         rng = random.Random(seed * 1000 + worker)
@@ -185,6 +213,23 @@ def main() -> None:
             medians = {c: statistics.median(r) for c, r in rates.items()}
             print(f"  replies {shape:18s} " + "   ".join(
                 f"c={c}: {rate:5.2f} (x{rate / medians[1]:.1f})" for c, rate in medians.items()), flush=True)
+        last_only = Server(work / "data-last-prompt", serve_tiny_size=SIZE, serve_prefix_cache_mb=0).start()
+        try:
+            clients = {"prompt cache (default)": client, "last prompt only (=0)": OpenAI(
+                base_url=last_only.url + "/v1", api_key="x", max_retries=0, timeout=600)}
+            clients["last prompt only (=0)"].chat.completions.create(
+                model="local/tiny-qwen3", messages=examples[0]["messages"][:-1], max_tokens=1)
+            rates = {(name, c): [] for name in clients for c in HISTORY_CONCURRENCY}
+            for repeat in range(CHAT_REPEATS):
+                for (name, concurrency), runs in rates.items():
+                    runs.append(history_chat_rate(clients[name], examples, concurrency, repeat))
+            print(f"full-history episodes ({HISTORY_TURNS} turns, replies of 40-80 tokens), turns/s, medians of {CHAT_REPEATS}")
+            for name in clients:
+                medians = {c: statistics.median(rates[name, c]) for c in HISTORY_CONCURRENCY}
+                print(f"  {name:24s} " + "   ".join(f"c={c}: {rate:5.2f} (x{rate / medians[1]:.1f})"
+                                                    for c, rate in medians.items()), flush=True)
+        finally:
+            last_only.stop()
     finally:
         server.stop()
     print(f"bench took {time.perf_counter() - began:.0f} s")

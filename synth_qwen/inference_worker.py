@@ -25,6 +25,7 @@ from synth_qwen import cpu_compute, qwen_format
 from synth_qwen.serve_store import ModelSpec
 
 DEFAULT_MAX_TOKENS = 512
+PREFIX_PROMPTS = 64  # prompts remembered at most (each new prompt is compared with all of them)
 RELEASED = "inference worker: released"  # its log line when serve asks it to free its models
 
 
@@ -92,14 +93,15 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     stop_ids: list[int]
-    prefix_cache: dict = field(default_factory=dict)  # Batch's: the model's last prompt prefilled
+    prefix_cache: "PrefixCache" = field(default_factory=lambda: PrefixCache(0))  # Batch's: recent prompts
 
 
 class Models:
     """model key -> LoadedModel, least recently used evicted beyond `capacity`."""
 
-    def __init__(self, capacity: int, device: str):
+    def __init__(self, capacity: int, device: str, prefix_cache_mb: int = 0):
         self.capacity, self.device, self.loaded = capacity, device, OrderedDict()
+        self.prefix_cache_bytes = prefix_cache_mb << 20
 
     def get(self, spec: ModelSpec) -> LoadedModel:
         key = spec.key
@@ -145,7 +147,7 @@ class Models:
         stop_ids.discard(None)
         stop_ids.discard(tokenizer.unk_token_id)
         limit_cpu_threads(model, self.device)
-        return LoadedModel(model, tokenizer, sorted(stop_ids))
+        return LoadedModel(model, tokenizer, sorted(stop_ids), PrefixCache(self.prefix_cache_bytes))
 
 
 def prompt_ids(tokenizer, request: ChatRequest) -> list[int]:
@@ -166,17 +168,18 @@ class Batch:
     """Requests for one model decoding together, one token per step.
 
     Each prompt is prefilled alone (no padding; only the last position's logits), reusing the
-    key/values of the longest prefix it shares with the previous prompt: Crafter turns share
-    most of their tokens (system prompt + tools). Its key/values then go into a free slot of the
+    key/values of the longest prefix it shares with a recent prompt (`PrefixCache`): Crafter turns
+    share the system prompt and tools, and a conversation's turn often extends its own last one.
+    Its key/values then go into a free slot of the
     batch's cache (kv_slots), also between steps, so a request never waits for a running batch to
     finish and nobody else's cache is copied. A row leaves the batch the step it stops, so nobody
     pays for a longer neighbour.
     """
 
-    def __init__(self, model, tokenizer, stop_ids: list[int], prefix: dict | None = None, device: str = "cpu"):
+    def __init__(self, model, tokenizer, stop_ids: list[int], prefix: "PrefixCache | None" = None, device: str = "cpu"):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_set = set(stop_ids)
-        self.prefix = prefix if prefix is not None else {}  # {"ids", "kv"}: the last prompt prefilled
+        self.prefix = prefix if prefix is not None else PrefixCache(0)
         self.rows: dict[int, dict] = {}  # slot -> the request decoding there
         self.slots = None  # kv_slots.Slots, made with the first row
         self.pad_id = tokenizer.pad_token_id or 0
@@ -188,14 +191,15 @@ class Batch:
         from synth_qwen import kv_slots
 
         ids = prompt_ids(self.tokenizer, request)
-        shared = min(common_prefix(ids, self.prefix.get("ids", [])), len(ids) - 1)  # >= 1 token to run
-        cache = DynamicCache([(k[:, :, :shared], v[:, :, :shared]) for k, v in self.prefix["kv"]] if shared else None)
+        shared, known = self.prefix.longest(ids)
+        shared = min(shared, len(ids) - 1)  # >= 1 token to run
+        cache = DynamicCache([(k[:, :, :shared], v[:, :, :shared]) for k, v in known] if shared else None)
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([ids[shared:]], device=self.device), cache=cache,
                              position_ids=torch.arange(shared, len(ids), device=self.device)[None],
                              use_cache=True, logits_to_keep=1)
         layers = [(k, v) for k, v, _ in out.cache]
-        self.prefix.update(ids=ids, kv=layers)
+        self.prefix.add(ids, layers)
         self.slots = self.slots or kv_slots.Slots(layers)
         slot = next(index for index in range(len(self.rows) + 1) if index not in self.rows)
         self.slots.place(slot, layers)
@@ -250,7 +254,39 @@ class Batch:
                           usage=Usage(prompt_tokens=prompt, completion_tokens=completion,
                                       total_tokens=prompt + completion))
 
-def common_prefix(a: list[int], b: list[int]) -> int:
+class PrefixCache:
+    """The key/values of recent prompts, within `max_bytes` (the newest is always kept, so 0 keeps
+    just the last prompt), least recently used dropped first. With several conversations at once the
+    last prompt is mostly another conversation's: each turn would prefill all but the system prompt
+    and tools again, where its own conversation's last prompt may share nearly all of it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.prompts: OrderedDict[tuple, tuple[list, int]] = OrderedDict()  # ids -> (layers, bytes)
+
+    def longest(self, ids: list[int]) -> tuple[int, list]:
+        """How many leading tokens of `ids` a remembered prompt shares, at most, and its key/values."""
+        best, best_ids = 0, None
+        for known in self.prompts:
+            shared = common_prefix(ids, known)
+            if shared > best:
+                best, best_ids = shared, known
+        if best_ids is None:
+            return 0, []
+        self.prompts.move_to_end(best_ids)
+        return best, self.prompts[best_ids][0]
+
+    def add(self, ids: list[int], layers: list[tuple]) -> None:
+        key = tuple(ids)
+        for known in [k for k in self.prompts if key[:len(k)] == k]:  # this prompt covers them
+            del self.prompts[known]
+        self.prompts[key] = (layers, sum(t.nelement() * t.element_size() for pair in layers for t in pair))
+        while len(self.prompts) > 1 and (len(self.prompts) > PREFIX_PROMPTS or
+                                         sum(size for _, size in self.prompts.values()) > self.max_bytes):
+            self.prompts.popitem(last=False)
+
+
+def common_prefix(a, b) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -350,10 +386,10 @@ def main() -> None:
     os.dup2(2, 1)  # library chatter to stderr; stdout carries only answers
     from synth_qwen.train_worker import resolve_device
 
-    device, max_batch, capacity = resolve_device(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    device, max_batch, capacity, prefix_cache_mb = resolve_device(sys.argv[1]), *map(int, sys.argv[2:5])
     inbox = queue.Queue()
     threading.Thread(target=read_requests, args=(inbox,), daemon=True).start()
-    serve_requests(inbox, Models(capacity, device), max_batch, device,
+    serve_requests(inbox, Models(capacity, device, prefix_cache_mb), max_batch, device,
                    lambda answer: out.write(answer.model_dump_json() + "\n"))
 
 

@@ -596,6 +596,7 @@ class InferenceWorker:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "synth_qwen.inference_worker", self.settings.serve_device,
                 str(self.settings.serve_max_batch), str(self.settings.serve_max_loaded_models),
+                str(self.settings.serve_prefix_cache_mb),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, env=worker_env(),
                 limit=1 << 24)
             asyncio.get_running_loop().create_task(self.read_answers(self.process))

@@ -541,6 +541,7 @@ class ServeSettings(Settings):
     serve_max_seq_len: int = Field(2048, ge=64)  # longer training examples are truncated
     serve_min_examples: int = Field(MIN_EXAMPLES, ge=1)  # a training file needs this many (OpenAI's rule: 10)
     serve_max_batch: int = Field(32, ge=1)  # concurrent chat requests decoded together
+    serve_prefix_cache_mb: int = Field(1024, ge=0)  # recent prompts' key/values, reused; 0: the last one only
     serve_lora_rank: int = Field(16, ge=1)
     serve_train_precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has bf16
     serve_train_compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on top of bf16 only

@@ -75,6 +75,41 @@ def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
     assert sorted(answers, key=lambda answer: answer.id) == solo
 
 
+def test_concurrent_conversations_each_reuse_their_own_last_prompt(tmp_path):
+    """Two conversations take turns. With room for both, a turn reuses the whole of its own last
+    prompt; with room for one (0 MB: the last prompt only) it shares just the system prompt and tools
+    with the other conversation's. Greedy answers are the same either way, and as a fresh batch's."""
+    from synth_qwen.inference_worker import Batch, ChatRequest, Models, PrefixCache, generate_batch, prompt_ids
+    from synth_qwen.serve_store import ModelSpec
+
+    spec = ModelSpec(key="t", kind="tiny", size="micro", data_dir=str(tmp_path))
+    loaded = Models(1, "cpu").get(spec)
+    model, tokenizer, stop_ids = loaded.model, loaded.tokenizer, loaded.stop_ids
+    examples = crafter_examples(8, seed=5)
+
+    def turn(conversation: int, number: int) -> ChatRequest:  # each turn extends the one before
+        messages = list(examples[conversation]["messages"][:-1])
+        for k in range(number):
+            messages += [{"role": "assistant", "content": f"move {k}"}, {"role": "user", "content": f"then {k}?"}]
+        return ChatRequest(id=10 * conversation + number, model=spec, messages=messages,
+                           tools=examples[conversation]["tools"], max_tokens=5, temperature=0)
+
+    order = [turn(0, 0), turn(5, 0), turn(0, 1), turn(5, 1)]
+    fresh = [generate_batch(model, tokenizer, stop_ids, [request], "cpu")[0] for request in order]
+    for budget, kept in ((1 << 30, 2), (0, 1)):
+        cache = PrefixCache(budget)
+        batch, answers, reused = Batch(model, tokenizer, stop_ids, cache), [], []
+        for request in order:
+            reused.append(cache.longest(prompt_ids(tokenizer, request))[0])
+            batch.add(request)
+            while batch.rows:
+                answers += batch.step()
+        own_last = [len(prompt_ids(tokenizer, request)) for request in order[:2]]
+        assert (reused[2:] == own_last) == (kept == 2), (budget, reused, own_last)
+        assert 0 < reused[1] < own_last[0] and len(cache.prompts) == kept  # a turn covers its conversation's last
+        assert answers == fresh
+
+
 def test_auto_compiles_only_a_long_bf16_job_on_cuda_never_on_cpu_where_compiled_training_is_not_reproducible():
     long_job, short_job = COMPILE_MIN_TOKENS, COMPILE_MIN_TOKENS - 1
     assert fast_path("cuda", "bf16", "auto", long_job) == (True, True)
