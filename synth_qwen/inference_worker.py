@@ -169,10 +169,9 @@ class Batch:
 
     Each prompt is prefilled alone (no padding; only the last position's logits), reusing the
     key/values of the longest prefix it shares with a recent prompt (`PrefixCache`): Crafter turns
-    share the system prompt and tools, and a conversation's turn often extends its own last one.
-    Its key/values then go into a free slot of the
-    batch's cache (kv_slots), also between steps, so a request never waits for a running batch to
-    finish and nobody else's cache is copied. A row leaves the batch the step it stops, so nobody
+    share the system prompt and tools, and a full-history turn extends its conversation's last one.
+    Its key/values then go into a free slot of the batch's cache (kv_slots), also between steps, so
+    a request never waits for a running batch to finish and nobody else's cache is copied. A row leaves the batch the step it stops, so nobody
     pays for a longer neighbour.
     """
 
