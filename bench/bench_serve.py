@@ -1,4 +1,4 @@
-"""Benchmark `serve` on the tiny model (CPU), everything side by side in one run (~4 minutes).
+"""Benchmark `serve` on the tiny model (CPU), everything side by side in one run (~5.5 minutes on 2 cores).
 
     .venv/bin/python bench/bench_serve.py
 
