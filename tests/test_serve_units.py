@@ -105,7 +105,10 @@ def test_concurrent_conversations_each_reuse_their_own_last_prompt(tmp_path):
             while batch.rows:
                 answers += batch.step()
         own_last = [len(prompt_ids(tokenizer, request)) for request in order[:2]]
-        assert (reused[2:] == own_last) == (kept == 2), (budget, reused, own_last)
+        if kept == 2:
+            assert reused[2:] == own_last, (budget, reused, own_last)
+        else:
+            assert all(shared < own for shared, own in zip(reused[2:], own_last)), (budget, reused, own_last)
         assert 0 < reused[1] < own_last[0] and len(cache.prompts) == kept  # a turn covers its conversation's last
         assert answers == fresh
 
