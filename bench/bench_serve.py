@@ -10,7 +10,9 @@
    not the worker's start-up, tokenization or model loading; the whole-`train()` figure too.
 2. generation ms/token after a 600-token prompt, in the inference worker's own decoding loop:
    warm-up, then the median over GEN_RUNS greedy runs of GEN_TOKENS tokens (stop tokens off),
-   timing only the decode steps after the prefill (printed apart).
+   timing only the decode steps after the prefill (printed apart). Then one decode step of the
+   worker's batch at 1 and 16 rows with its attention (the shared system prompt read once for all
+   rows) and with plain SDPA (each row reads its own copy), alternated.
 3. chat turns/s through the real server and the openai client at concurrency 1, 8, 16, 32, each
    worker playing turns in a row like a Crafter episode (~800-token prompts). Two reply shapes:
    every reply runs to max_tokens=100 (the random-init base model never stops), and replies of
@@ -129,6 +131,37 @@ def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float
     return statistics.median(decodes[1:]), statistics.median(prefills[1:]), len(prompt_ids(tokenizer, request))
 
 
+DECODE_ROWS, DECODE_STEPS = (1, 16), 40
+ATTENTION = {"shared system prompt read once (cascade)": "slots_cascade", "each row's own copy (plain SDPA)": "sdpa"}
+
+
+def decode_step_ms(data_dir: Path, examples: list[dict]) -> dict:
+    """ms per decode step of the worker's Batch at 1 and 16 rows (Crafter prompts: one system prompt
+    and tools, different observations), with the worker's attention and with plain SDPA, alternated;
+    (attention, rows) -> median of GEN_RUNS."""
+    from synth_qwen.inference_worker import Batch, ChatRequest, Models
+    from synth_qwen.serve_store import ModelSpec
+
+    spec = ModelSpec(key="tiny", kind="tiny", size=SIZE, data_dir=str(data_dir))
+    loaded = Models(1, "cpu").get(spec)
+    times = {(name, rows): [] for name in ATTENTION for rows in DECODE_ROWS}
+    for _ in range(GEN_RUNS):
+        for (name, rows), runs in times.items():
+            loaded.model.set_attn_implementation(ATTENTION[name])
+            batch = Batch(loaded.model, loaded.tokenizer, [-1])  # no stop token
+            for i in range(rows):
+                batch.add(ChatRequest(model=spec, messages=examples[i]["messages"][:-1], tools=examples[i]["tools"],
+                                      temperature=1.0, seed=i, max_tokens=DECODE_STEPS + 5))
+            for _ in range(5):  # warm up
+                batch.step()
+            started = time.perf_counter()
+            for _ in range(DECODE_STEPS):
+                batch.step()
+            runs.append((time.perf_counter() - started) / DECODE_STEPS * 1000)
+    loaded.model.set_attn_implementation(ATTENTION[next(iter(ATTENTION))])
+    return {key: statistics.median(runs) for key, runs in times.items()}
+
+
 def history_chat_rate(client, examples: list[dict], concurrency: int, seed: int) -> float:
     """Turns/s of full-history episodes: turn t sends the system prompt, every earlier turn (its
     observation, the call made and the tool's answer) and the new observation."""
@@ -202,6 +235,11 @@ def main() -> None:
         ms_per_token, prefill_ms, prompt_length = generation_ms_per_token(work / "data", examples)
         print(f"generation  {ms_per_token:.1f} ms/token (greedy, {GEN_TOKENS} tokens, median of {GEN_RUNS}) "
               f"after a {prompt_length}-token prompt; prefill {prefill_ms:.0f} ms", flush=True)
+
+        steps = decode_step_ms(work / "data", examples)
+        print(f"decode step ms at {' / '.join(map(str, DECODE_ROWS))} rows (the worker's Batch, medians of {GEN_RUNS})")
+        for name in ATTENTION:
+            print(f"  {name:42s} " + " / ".join(f"{steps[name, rows]:5.2f}" for rows in DECODE_ROWS), flush=True)
 
         client.chat.completions.create(model="local/tiny-qwen3", messages=examples[0]["messages"][:-1], max_tokens=1)
         print(f"chat turns/s through the server (openai client; medians of {CHAT_REPEATS}, interleaved)")

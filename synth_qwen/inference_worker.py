@@ -142,7 +142,10 @@ class Models:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=local_only)
         model.to(self.device).eval()
         if self.device == "cpu":
+            from synth_qwen import kv_slots
+
             cpu_compute.fp32_matmuls(model)
+            model.set_attn_implementation(kv_slots.CASCADE)  # decode reads the shared system prompt once
         stop_ids = {tokenizer.convert_tokens_to_ids(token) for token in qwen_format.STOP_TOKENS} | {tokenizer.eos_token_id}
         stop_ids.discard(None)
         stop_ids.discard(tokenizer.unk_token_id)
@@ -182,6 +185,10 @@ class Batch:
         self.rows: dict[int, dict] = {}  # slot -> the request decoding there
         self.slots = None  # kv_slots.Slots, made with the first row
         self.pad_id = tokenizer.pad_token_id or 0
+        from synth_qwen import kv_slots
+
+        self.cascade = getattr(model.config, "_attn_implementation", None) == kv_slots.CASCADE
+        self.message_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def add(self, request: ChatRequest) -> None:
         import torch
@@ -201,7 +208,8 @@ class Batch:
         self.prefix.add(ids, layers)
         self.slots = self.slots or kv_slots.Slots(layers)
         slot = next(index for index in range(len(self.rows) + 1) if index not in self.rows)
-        self.slots.place(slot, layers)
+        first = ids[:ids.index(self.message_end) + 1] if self.cascade and self.message_end in ids[:-1] else []
+        self.slots.place(slot, layers, shared=self.slots.share(tuple(first), layers))
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         temperature, top_p = request.temperature, request.top_p
         self.rows[slot] = {"request": request, "prompt_tokens": len(ids), "tokens": [], "stopped": False,
@@ -230,13 +238,14 @@ class Batch:
         if not self.rows:
             return done
         cache = self.slots.step_cache()
-        slots = range(self.slots.mask.shape[0])  # free slots decode a pad token too: cheaper than moving rows
+        slots = range(self.slots.rows)  # free slots below a live one decode a pad token: cheaper than moving rows
+        attention = {"slots": self.slots} if self.cascade else {"attention_mask": self.slots.step_mask()}
         with torch.inference_mode():
             out = self.model(
                 input_ids=torch.tensor([[next_tokens.get(slot, self.pad_id)] for slot in slots], device=self.device),
                 position_ids=torch.tensor([[self.rows[slot]["position"] if slot in self.rows else 0] for slot in slots],
                                           device=self.device),
-                attention_mask=self.slots.step_mask(), cache=cache, use_cache=True)
+                cache=cache, use_cache=True, **attention)
         self.slots.advance()
         logits = out.logits[:, -1].float().cpu()
         for slot, row in self.rows.items():

@@ -75,6 +75,37 @@ def test_batched_decoding_matches_hf_generate_and_solo_runs(tmp_path):
     assert sorted(answers, key=lambda answer: answer.id) == solo
 
 
+def test_rows_with_another_first_message_decode_beside_those_that_share_one(tmp_path):
+    """Rows that begin with the same system prompt read its key/values from one shared block; a row
+    with another system prompt keeps all of its own. Batched together, each decode step's logits
+    are those of a plain forward pass over the row's whole text. (Greedy text alone would not tell:
+    the random-weight model's next token barely depends on attention.)"""
+    import torch
+
+    from synth_qwen.inference_worker import Batch, ChatRequest, Models, prompt_ids
+    from synth_qwen.serve_store import ModelSpec
+
+    spec = ModelSpec(key="t", kind="tiny", size="micro", data_dir=str(tmp_path))
+    loaded = Models(1, "cpu").get(spec)
+    model, tokenizer, stop_ids = loaded.model, loaded.tokenizer, loaded.stop_ids
+    examples = crafter_examples(8, seed=7)
+    other = [{**examples[6]["messages"][0], "content": "You play Crafter. Be brief."}, *examples[6]["messages"][1:-1]]
+    requests = [ChatRequest(id=i, model=spec, messages=messages, tools=examples[i * 3]["tools"], max_tokens=8,
+                            temperature=1.0, seed=i)
+                for i, messages in enumerate([examples[0]["messages"][:-1], other, examples[3]["messages"][:-1]])]
+    batch = Batch(model, tokenizer, [])
+    for request in requests:
+        batch.add(request)
+    assert batch.cascade and batch.slots.sharing == {0, 2}  # the middle row keeps its own system prompt
+    for _ in range(4):
+        batch.step()
+        for row in batch.rows.values():
+            ids = torch.tensor([prompt_ids(tokenizer, row["request"]) + row["tokens"]])
+            with torch.inference_mode():
+                plain = model(input_ids=ids).logits[0, -1]
+            assert torch.allclose(row["logits"], plain, atol=1e-4), (row["request"].id, (row["logits"] - plain).abs().max())
+
+
 def test_concurrent_conversations_each_reuse_their_own_last_prompt(tmp_path):
     """Two conversations take turns. With room for both, a turn reuses the whole of its own last
     prompt; with room for one (0 MB: the last prompt only) it shares just the system prompt and tools
