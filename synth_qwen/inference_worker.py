@@ -209,7 +209,7 @@ class Batch:
         self.slots = self.slots or kv_slots.Slots(layers)
         slot = next(index for index in range(len(self.rows) + 1) if index not in self.rows)
         first = ids[:ids.index(self.message_end) + 1] if self.cascade and self.message_end in ids[:-1] else []
-        self.slots.place(slot, layers, shared=self.slots.share(tuple(first), layers))
+        self.slots.place(slot, layers, tuple(first))
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         temperature, top_p = request.temperature, request.top_p
         self.rows[slot] = {"request": request, "prompt_tokens": len(ids), "tokens": [], "stopped": False,

@@ -8,9 +8,9 @@ into a free slot, touching only its own columns; attention skips the columns lef
 row; the buffers are copied only to grow (more slots, or room on the right).
 
 Rows that begin with the same first message (Crafter's system prompt and tools: ~600 of ~800
-prompt tokens) keep only the rest in their slot; the first message's key/values are held once
-(`shared`) and each decode step reads them once for all those rows (`cascade_attention`: the two
-parts' softmaxes merged exactly), instead of once per row.
+prompt tokens) keep only the rest in their slot once two of them are live; the first message's
+key/values are held once (`shared`) and each decode step reads them once for all those rows
+(`cascade_attention`: the two parts weighted by their softmax sums), instead of once per row.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class Slots:
         self.keys = self.values = self.mask = None
         self.end = 0
         self.firsts: dict[int, int] = {}  # live slot -> its first column
-        self.shared_ids: tuple = ()  # the first message all sharing rows begin with ...
+        self.first_ids: dict[int, tuple] = {}  # live slot -> the ids of its first message
+        self.shared_ids: tuple = ()  # the first message the sharing rows begin with ...
         self.shared: list[tuple] = []  # ... its key/values per layer, [1, head, P, dim]
         self.sharing: set[int] = set()  # live slots that hold only what follows it
         self.rows = 0  # slots the next decode step runs: up to the last live one
@@ -42,21 +43,18 @@ class Slots:
         """The first column any live row uses: attention starts here."""
         return min(self.firsts.values(), default=self.end)
 
-    def share(self, ids: tuple, layers: list[tuple]) -> bool:
-        """Whether a row beginning with `ids` (its first message; per layer its keys and values)
-        can read the shared block: it can if the block is those ids, or free to become them."""
-        if not ids:
-            return False
-        if not self.sharing:
-            self.shared_ids, self.shared = ids, [(k[:, :, :len(ids)], v[:, :, :len(ids)]) for k, v in layers]
-        return ids == self.shared_ids
-
-    def place(self, slot: int, layers: list[tuple], shared: bool = False) -> None:
-        """Write a prefilled row (per layer (keys, values), each [1, head, L, dim]) into `slot`;
-        `shared`: without its first message, which it reads from the shared block."""
-        if shared:
-            cut = len(self.shared_ids)
-            layers = [(k[:, :, cut:], v[:, :, cut:]) for k, v in layers]
+    def place(self, slot: int, layers: list[tuple], first: tuple = ()) -> None:
+        """Write a prefilled row (per layer (keys, values), each [1, head, L, dim]) into `slot`.
+        `first`: the ids its first message spans. Once two live rows begin with the same one (and
+        no other is shared), they keep only what follows it and read it from the shared block; alone,
+        a row keeps all of it (one attention call is cheaper than two over the same columns)."""
+        alike = [other for other, ids in self.first_ids.items() if first and ids == first]
+        if first and alike and (first == self.shared_ids or not self.sharing):
+            if first != self.shared_ids:
+                self.shared_ids, self.shared = first, [(k[:, :, :len(first)], v[:, :, :len(first)]) for k, v in layers]
+            for other in alike:
+                self.drop_first(other)
+            layers = [(k[:, :, len(first):], v[:, :, len(first):]) for k, v in layers]
             self.sharing.add(slot)
         length = layers[0][0].shape[2]
         self.fit(slot + 1, length)
@@ -67,9 +65,19 @@ class Slots:
         self.mask[slot] = 0
         self.mask[slot, start:self.end] = 1
         self.firsts[slot] = start
+        self.first_ids[slot] = first
+
+    def drop_first(self, slot: int) -> None:
+        """From now on `slot` reads its first message from the shared block (no copy: its own
+        columns of it are just no longer attended to)."""
+        if slot not in self.sharing:
+            cut = len(self.shared_ids)
+            self.mask[slot, self.firsts[slot]:self.firsts[slot] + cut] = 0
+            self.firsts[slot] += cut
+            self.sharing.add(slot)
 
     def free(self, slot: int) -> None:
-        del self.firsts[slot]
+        del self.firsts[slot], self.first_ids[slot]
         self.sharing.discard(slot)
 
     def step_cache(self) -> Cache:
