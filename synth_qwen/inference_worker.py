@@ -188,7 +188,7 @@ class Batch:
         from synth_qwen import kv_slots
 
         self.cascade = getattr(model.config, "_attn_implementation", None) == kv_slots.CASCADE
-        self.message_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.message_end = tokenizer.convert_tokens_to_ids(qwen_format.IM_END)  # ends the first message
 
     def add(self, request: ChatRequest) -> None:
         import torch
