@@ -132,7 +132,7 @@ def generation_ms_per_token(data_dir: Path, examples: list[dict]) -> tuple[float
 
 
 DECODE_ROWS, DECODE_STEPS = (1, 16), 40
-ATTENTION = {"shared system prompt read once (cascade)": "slots_cascade", "each row's own copy (plain SDPA)": "sdpa"}
+ATTENTION = ("shared system prompt read once (cascade)", "each row's own copy (plain SDPA)")
 
 
 def decode_step_ms(data_dir: Path, examples: list[dict]) -> dict:
@@ -140,14 +140,16 @@ def decode_step_ms(data_dir: Path, examples: list[dict]) -> dict:
     and tools, different observations), with the worker's attention and with plain SDPA, alternated;
     (attention, rows) -> median of GEN_RUNS."""
     from synth_qwen.inference_worker import Batch, ChatRequest, Models
+    from synth_qwen.kv_slots import CASCADE
     from synth_qwen.serve_store import ModelSpec
 
     spec = ModelSpec(key="tiny", kind="tiny", size=SIZE, data_dir=str(data_dir))
     loaded = Models(1, "cpu").get(spec)
+    implementation = dict(zip(ATTENTION, (CASCADE, "sdpa")))
     times = {(name, rows): [] for name in ATTENTION for rows in DECODE_ROWS}
     for _ in range(GEN_RUNS):
         for (name, rows), runs in times.items():
-            loaded.model.set_attn_implementation(ATTENTION[name])
+            loaded.model.set_attn_implementation(implementation[name])
             batch = Batch(loaded.model, loaded.tokenizer, [-1])  # no stop token
             for i in range(rows):
                 batch.add(ChatRequest(model=spec, messages=examples[i]["messages"][:-1], tools=examples[i]["tools"],
@@ -158,7 +160,6 @@ def decode_step_ms(data_dir: Path, examples: list[dict]) -> dict:
             for _ in range(DECODE_STEPS):
                 batch.step()
             runs.append((time.perf_counter() - started) / DECODE_STEPS * 1000)
-    loaded.model.set_attn_implementation(ATTENTION[next(iter(ATTENTION))])
     return {key: statistics.median(runs) for key, runs in times.items()}
 
 

@@ -49,7 +49,7 @@ class Slots:
         no other is shared), they keep only what follows it and read it from the shared block; alone,
         a row keeps all of it (one attention call is cheaper than two over the same columns)."""
         alike = [other for other, ids in self.first_ids.items() if first and ids == first]
-        if first and alike and (first == self.shared_ids or not self.sharing):
+        if alike and (first == self.shared_ids or not self.sharing):
             if first != self.shared_ids:
                 self.shared_ids, self.shared = first, [(k[:, :, :len(first)], v[:, :, :len(first)]) for k, v in layers]
             for other in alike:
